@@ -1,0 +1,278 @@
+"""The canonical span schema every source produces, and the types analyses work with.
+
+One row per span. Ids are lowercase hex (trace 32 chars, span 16), times are integer
+nanoseconds since the epoch, kind and status are the OTLP enums. Span and resource attributes,
+events and links are stored as JSON text so their value types survive (DuckDB reads the
+columns as JSON: ``attributes->>'http.method'``).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from tracelens.semconv import derive
+
+
+class SpanKind(IntEnum):
+    UNSPECIFIED = 0
+    INTERNAL = 1
+    SERVER = 2
+    CLIENT = 3
+    PRODUCER = 4
+    CONSUMER = 5
+
+
+class StatusCode(IntEnum):
+    UNSET = 0
+    OK = 1
+    ERROR = 2
+
+
+DERIVED_COLUMNS = (
+    "service",
+    "db_system",
+    "db_statement",
+    "db_fingerprint",
+    "peer",
+    "http_route",
+    "http_method",
+    "http_url",
+    "http_status",
+    "rpc_method",
+)
+
+SPAN_SCHEMA = pa.schema(
+    [
+        pa.field("trace_id", pa.string(), nullable=False),
+        pa.field("span_id", pa.string(), nullable=False),
+        pa.field("parent_span_id", pa.string()),  # null for a root
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("kind", pa.int8(), nullable=False),
+        pa.field("start_ns", pa.int64(), nullable=False),
+        pa.field("end_ns", pa.int64(), nullable=False),
+        pa.field("duration_ns", pa.int64(), nullable=False),
+        pa.field("status_code", pa.int8(), nullable=False),
+        pa.field("status_message", pa.string()),
+        pa.field("follows_from", pa.bool_(), nullable=False),  # parent link is not blocking
+        pa.field("trace_state", pa.string()),
+        pa.field("scope_name", pa.string()),
+        pa.field("scope_version", pa.string()),
+        pa.field("attributes", pa.string()),  # JSON object
+        pa.field("resource_attributes", pa.string()),  # JSON object
+        pa.field("events", pa.string()),  # JSON [{"time_ns", "name", "attributes"}]
+        pa.field("links", pa.string()),  # JSON [{"trace_id", "span_id", "attributes"}]
+        pa.field("service", pa.string(), nullable=False),
+        pa.field("db_system", pa.string()),
+        pa.field("db_statement", pa.string()),
+        pa.field("db_fingerprint", pa.string()),
+        pa.field("peer", pa.string()),
+        pa.field("http_route", pa.string()),
+        pa.field("http_method", pa.string()),
+        pa.field("http_url", pa.string()),
+        pa.field("http_status", pa.int32()),
+        pa.field("rpc_method", pa.string()),
+    ]
+)
+
+COLUMNS = tuple(SPAN_SCHEMA.names)
+_EMPTY_OBJ = "{}"
+_EMPTY_LIST = "[]"
+
+
+def _dumps(value: Any) -> str:
+    # Bytes values (OTLP bytesValue) are not JSON; keep them as base64 text.
+    return orjson.dumps(value, default=_json_default).decode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        import base64
+
+        return base64.b64encode(value).decode()
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} as an attribute value")
+
+
+class SpanBatchBuilder:
+    """Accumulates spans column by column and emits ``SPAN_SCHEMA`` record batches.
+
+    Importers call :meth:`add` per span and :meth:`flush` (or :meth:`take_if_full`) to get
+    batches. Derived columns are computed here so that no source can forget them.
+    """
+
+    def __init__(self, batch_size: int = 20_000) -> None:
+        self.batch_size = batch_size
+        self._cols: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        self._resource_cache: tuple[int, str, dict] | None = None
+
+    def __len__(self) -> int:
+        return len(self._cols["trace_id"])
+
+    def add(
+        self,
+        *,
+        trace_id: str,
+        span_id: str,
+        parent_span_id: str | None,
+        name: str,
+        kind: int,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, Any],
+        resource: Mapping[str, Any],
+        status_code: int = 0,
+        status_message: str | None = None,
+        follows_from: bool = False,
+        trace_state: str | None = None,
+        scope_name: str | None = None,
+        scope_version: str | None = None,
+        events: Sequence[Mapping[str, Any]] = (),
+        links: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        """Append one span. Ids must already be canonical hex (see ``tracelens.ids``)."""
+        c = self._cols
+        if end_ns < start_ns:
+            end_ns = start_ns
+        c["trace_id"].append(trace_id)
+        c["span_id"].append(span_id)
+        c["parent_span_id"].append(parent_span_id or None)
+        c["name"].append(name)
+        c["kind"].append(int(kind))
+        c["start_ns"].append(start_ns)
+        c["end_ns"].append(end_ns)
+        c["duration_ns"].append(end_ns - start_ns)
+        c["status_code"].append(int(status_code))
+        c["status_message"].append(status_message or None)
+        c["follows_from"].append(bool(follows_from))
+        c["trace_state"].append(trace_state or None)
+        c["scope_name"].append(scope_name or None)
+        c["scope_version"].append(scope_version or None)
+        c["attributes"].append(_dumps(attributes) if attributes else _EMPTY_OBJ)
+        c["resource_attributes"].append(self._resource_json(resource))
+        c["events"].append(_dumps(list(events)) if events else _EMPTY_LIST)
+        c["links"].append(_dumps(list(links)) if links else _EMPTY_LIST)
+        for key, value in derive(attributes, resource).items():
+            c[key].append(value)
+
+    def _resource_json(self, resource: Mapping[str, Any]) -> str:
+        # Spans of one resource arrive together; serialize its attributes once.
+        cached = self._resource_cache
+        if cached is not None and cached[0] == id(resource) and cached[2] is resource:
+            return cached[1]
+        text = _dumps(dict(resource)) if resource else _EMPTY_OBJ
+        self._resource_cache = (id(resource), text, resource)  # type: ignore[assignment]
+        return text
+
+    def flush(self) -> pa.RecordBatch | None:
+        """The spans added so far as one batch (or None when empty); the builder resets."""
+        if not len(self):
+            return None
+        batch = pa.RecordBatch.from_pydict(self._cols, schema=SPAN_SCHEMA)
+        self._cols = {name: [] for name in COLUMNS}
+        return batch
+
+    def take_if_full(self) -> pa.RecordBatch | None:
+        return self.flush() if len(self) >= self.batch_size else None
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building many small containers (3-4x faster parsing)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+# --- analysis types ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Span:
+    """One span as analyses see it (built from a stored row)."""
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    service: str
+    status_code: int = 0
+    status_message: str | None = None
+    follows_from: bool = False
+    db_system: str | None = None
+    db_statement: str | None = None
+    db_fingerprint: str | None = None
+    peer: str | None = None
+    http_route: str | None = None
+    http_method: str | None = None
+    http_url: str | None = None
+    http_status: int | None = None
+    rpc_method: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code == StatusCode.ERROR
+
+
+_SPAN_FIELDS = tuple(f for f in Span.__slots__ if f not in ("attributes", "events"))  # type: ignore[attr-defined]
+
+
+def spans_from_table(table: pa.Table | pa.RecordBatch) -> list[Span]:
+    """Stored rows → ``Span`` objects (attributes and events parsed from JSON)."""
+    cols = {name: table.column(name).to_pylist() for name in _SPAN_FIELDS}
+    attrs = table.column("attributes").to_pylist()
+    events = table.column("events").to_pylist()
+    out = []
+    for i in range(table.num_rows):
+        kwargs = {name: cols[name][i] for name in _SPAN_FIELDS}
+        kwargs["attributes"] = orjson.loads(attrs[i]) if attrs[i] else {}
+        kwargs["events"] = orjson.loads(events[i]) if events[i] else []
+        out.append(Span(**kwargs))
+    return out
+
+
+@dataclass(slots=True)
+class Finding:
+    """A named cause with its evidence, impact and fix. JSON shape per the analyze issue."""
+
+    rule: str
+    kind: str
+    severity: str
+    service: str
+    operation: str
+    resource: str | None
+    trace_ids: list[str]
+    span_ids: list[str]
+    count: int
+    impact_ms: float
+    impact_share: float
+    summary: str
+    fix: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        out["impact_ms"] = round(self.impact_ms, 3)
+        out["impact_share"] = round(self.impact_share, 4)
+        return out

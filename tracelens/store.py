@@ -1,0 +1,266 @@
+"""The DuckDB store: the only module that talks to DuckDB.
+
+Table ``spans`` holds ``model.SPAN_SCHEMA`` plus ``span_key`` (a hash of trace and span id, the
+primary key that makes client retries and re-imports idempotent). An ART index on
+``trace_id`` keeps one-trace lookups O(trace) on a store of tens of millions of spans.
+Every value reaches SQL as a parameter; identifiers come only from ``SPAN_SCHEMA``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tracelens.errors import StoreError
+
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+DEFAULT_DB = "tracelens.duckdb"
+
+_DUCK_TYPES = {
+    "string": "VARCHAR",
+    "int8": "TINYINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "bool": "BOOLEAN",
+}
+_JSON_COLUMNS = frozenset({"attributes", "resource_attributes", "events", "links"})
+
+
+def default_db_path() -> str:
+    return os.environ.get("TRACELENS_DB") or DEFAULT_DB
+
+
+def _create_table_sql() -> str:
+    from tracelens.model import SPAN_SCHEMA
+
+    cols = ["span_key UBIGINT PRIMARY KEY"]
+    for f in SPAN_SCHEMA:
+        duck = "JSON" if f.name in _JSON_COLUMNS else _DUCK_TYPES[str(f.type)]
+        cols.append(f"{f.name} {duck}{'' if f.nullable else ' NOT NULL'}")
+    return "CREATE TABLE IF NOT EXISTS spans (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+@dataclass(frozen=True)
+class WriteStats:
+    received: int  # rows offered
+    inserted: int  # rows new to the store (the rest were duplicates)
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    trace_id: str
+    service: str
+    name: str
+    start_ns: int
+    duration_ns: int
+    span_count: int
+    error_count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "service": self.service,
+            "name": self.name,
+            "start_ns": self.start_ns,
+            "duration_ms": self.duration_ns / 1e6,
+            "span_count": self.span_count,
+            "error_count": self.error_count,
+        }
+
+
+class Store:
+    """A DuckDB file of spans. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, read_only: bool = False):
+        import duckdb
+
+        self.path = str(path or default_db_path())
+        self.read_only = read_only
+        if read_only and not Path(self.path).exists():
+            raise StoreError(f"{self.path}: no such store (import traces or run serve first)")
+        try:
+            self.con: duckdb.DuckDBPyConnection = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreError(
+                    f"{self.path} is in use by another tracelens process "
+                    "(stop it, or query it through its server)"
+                ) from exc
+            raise StoreError(f"{self.path}: cannot open store: {exc}") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path}: not a tracelens store: {exc}") from exc
+        if not read_only:
+            self._ensure_schema()
+        self._check_schema()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def _ensure_schema(self) -> None:
+        self.con.execute(_create_table_sql())
+        self.con.execute("CREATE INDEX IF NOT EXISTS spans_trace_id ON spans (trace_id)")
+
+    def _check_schema(self) -> None:
+        import duckdb
+
+        try:
+            self.con.execute("SELECT trace_id, span_id, span_key FROM spans LIMIT 0")
+        except duckdb.Error as exc:
+            raise StoreError(f"{self.path}: no spans table (is this a tracelens store?)") from exc
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def write(self, batches: Iterable[pa.RecordBatch]) -> WriteStats:
+        """Insert all batches in one transaction: all are stored, or none (duplicates skipped).
+
+        An exception raised by the ``batches`` iterator (bad input half-way through a file)
+        rolls back everything this call wrote.
+        """
+        import duckdb
+
+        received = 0
+        before = self.count_spans()
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for batch in batches:
+                received += batch.num_rows
+                self._insert(batch)
+            self.con.execute("COMMIT")
+        except BaseException as exc:
+            self.con.execute("ROLLBACK")
+            if isinstance(exc, duckdb.Error):
+                raise StoreError(f"{self.path}: write failed: {exc}") from exc
+            raise
+        return WriteStats(received, self.count_spans() - before)
+
+    def _insert(self, batch: pa.RecordBatch) -> None:
+        from tracelens.model import COLUMNS
+
+        cols = ", ".join(COLUMNS)
+        self.con.register("_incoming", batch)
+        try:
+            self.con.execute(
+                f"INSERT OR IGNORE INTO spans (span_key, {cols}) "
+                f"SELECT hash(trace_id, span_id), {cols} FROM _incoming"
+            )
+        finally:
+            self.con.unregister("_incoming")
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def count_spans(self) -> int:
+        return int(self.con.execute("SELECT count(*) FROM spans").fetchone()[0])  # type: ignore[index]
+
+    def count_traces(self) -> int:
+        row = self.con.execute("SELECT count(DISTINCT trace_id) FROM spans").fetchone()
+        return int(row[0])  # type: ignore[index]
+
+    def get_trace(self, trace_id: str) -> pa.Table:
+        """All stored spans of one trace (canonical columns), ordered by start time."""
+        from tracelens.model import COLUMNS
+
+        return _arrow(self.con, (
+            f"SELECT {', '.join(COLUMNS)} FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id",
+            [trace_id.lower()],
+        ))
+
+    def list_traces(
+        self,
+        *,
+        service: str | None = None,
+        operation: str | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        limit: int = 20,
+    ) -> list[TraceSummary]:
+        """Traces, slowest first. ``service``/``operation`` filter on the root span."""
+        where, params = _time_filter(since_ns, until_ns)
+        having, hparams = [], []
+        if service:
+            having.append("root_service = ?")
+            hparams.append(service)
+        if operation:
+            having.append("root_name = ?")
+            hparams.append(operation)
+        sql = f"""
+            SELECT trace_id,
+                   coalesce(arg_min(service, start_ns) FILTER (WHERE parent_span_id IS NULL),
+                            arg_min(service, start_ns)) AS root_service,
+                   coalesce(arg_min(name, start_ns) FILTER (WHERE parent_span_id IS NULL),
+                            arg_min(name, start_ns)) AS root_name,
+                   min(start_ns) AS t0, max(end_ns) - min(start_ns) AS dur,
+                   count(*) AS n, count(*) FILTER (WHERE status_code = 2) AS errs
+            FROM spans {where}
+            GROUP BY trace_id
+            {'HAVING ' + ' AND '.join(having) if having else ''}
+            ORDER BY dur DESC, trace_id
+            LIMIT ?"""
+        rows = self.con.execute(sql, params + hparams + [int(limit)]).fetchall()
+        return [TraceSummary(*row) for row in rows]
+
+    def scan(
+        self,
+        columns: Sequence[str] | None = None,
+        *,
+        trace_ids: Sequence[str] | None = None,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+    ) -> pa.Table:
+        """Spans for batch analysis, ordered by trace then start time."""
+        from tracelens.model import COLUMNS
+
+        names = list(columns or COLUMNS)
+        unknown = sorted(set(names) - set(COLUMNS))
+        if unknown:
+            raise StoreError(f"unknown span columns: {', '.join(unknown)}")
+        where, params = _time_filter(since_ns, until_ns, alias="")
+        if trace_ids is not None:
+            where += (" AND " if where else "WHERE ") + "trace_id IN (SELECT unnest(?))"
+            params.append(list(trace_ids))
+        return _arrow(self.con, (
+            f"SELECT {', '.join(names)} FROM spans {where} ORDER BY trace_id, start_ns",
+            params,
+        ))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """A read-only SQL query (for the server's read API and power users)."""
+        return _arrow(self.con, (sql, list(params)))
+
+
+def _time_filter(
+    since_ns: int | None, until_ns: int | None, alias: str = ""
+) -> tuple[str, list[Any]]:
+    """Whole traces are kept: a trace is in the window when it starts inside it."""
+    clauses, params = [], []
+    if since_ns is not None:
+        clauses.append("trace_id IN (SELECT trace_id FROM spans GROUP BY trace_id "
+                       "HAVING min(start_ns) >= ?)")
+        params.append(int(since_ns))
+    if until_ns is not None:
+        clauses.append("trace_id IN (SELECT trace_id FROM spans GROUP BY trace_id "
+                       "HAVING min(start_ns) < ?)")
+        params.append(int(until_ns))
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _arrow(con: duckdb.DuckDBPyConnection, query: tuple[str, list[Any]]) -> pa.Table:
+    # A relation converts to Arrow without the extra copy a DB-API result makes; DuckDB 2
+    # renamed fetch_arrow_table to to_arrow_table, so accept both.
+    sql, params = query
+    rel = con.sql(sql, params=params)
+    fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
+    return fetch()
