@@ -151,19 +151,29 @@ class _progress:
 
 
 @main.command()
-@click.option("--trace-id", required=True, help="The trace to explain (hex).")
+@click.option("--trace-id", default=None, help="The trace to explain (hex).")
+@click.option("--slowest", is_flag=True, help="Explain the slowest trace in the store instead.")
 @_db_option
 @_format_option
 @click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Extra rule directory (repeatable).")
 @click.option("--no-findings", is_flag=True, help="Skip the detectors (tree and critical path only).")
-def explain(trace_id: str, db: str | None, fmt: str, rules_dirs: tuple[str, ...],
-            no_findings: bool) -> None:
+def explain(trace_id: str | None, slowest: bool, db: str | None, fmt: str,
+            rules_dirs: tuple[str, ...], no_findings: bool) -> None:
     """One trace: its tree, critical path, self time per service, anomalies and findings."""
+    from tracelens.errors import StoreError
     from tracelens.explain import explain as explain_trace
 
+    if (trace_id is None) == (not slowest):
+        raise click.UsageError("give exactly one of --trace-id ID or --slowest")
     rules = _load_rules(rules_dirs) if rules_dirs and not no_findings else None
     with _open_reader(db) as reader:
+        if slowest:
+            top = reader.list_traces(limit=1)
+            if not top:
+                raise StoreError(f"{_db_path(db)} holds no traces (import some first)")
+            trace_id = top[0].trace_id
+        assert trace_id is not None
         result = explain_trace(reader, trace_id, rules=rules, with_findings=not no_findings)
     if fmt == "json":
         _echo_json(result.to_dict())

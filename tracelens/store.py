@@ -163,11 +163,11 @@ class Store:
     # -- reads -----------------------------------------------------------------------------
 
     def count_spans(self) -> int:
-        return int(self.con.execute("SELECT count(*) FROM spans").fetchone()[0])  # type: ignore[index]
+        # fetchall, not fetchone: DuckDB 2 keeps a partly fetched result open on the connection.
+        return int(self.con.execute("SELECT count(*) FROM spans").fetchall()[0][0])
 
     def count_traces(self) -> int:
-        row = self.con.execute("SELECT count(DISTINCT trace_id) FROM spans").fetchone()
-        return int(row[0])  # type: ignore[index]
+        return int(self.con.execute("SELECT count(DISTINCT trace_id) FROM spans").fetchall()[0][0])
 
     def get_trace(self, trace_id: str) -> pa.Table:
         """All stored spans of one trace (canonical columns), ordered by start time."""
