@@ -103,13 +103,13 @@ def explain(
         raise TraceNotFoundError(trace_id)
     tree = calltree.build(spans_from_table(table))
     segments = critical_path.critical_path(tree)
-    self_time = critical_path.self_time(tree)
+    self_time = critical_path.self_time(tree, path=segments)
     result = Explanation(
         trace_id=trace_id,
         tree=tree,
         duration_ns=tree.duration_ns,
         critical_path=_path_steps(segments),
-        services=critical_path.self_time_by_service(tree),
+        services=critical_path.self_time_by_service(tree, path=segments),
         self_time=self_time,
         warnings=list(tree.warnings),
     )

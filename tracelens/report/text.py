@@ -102,7 +102,8 @@ def _span_label(exp: Explanation, span_id: str, total: int) -> Any:
 def _services_table(services: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
-    table = Table(title="Self time on the critical path, by service", title_justify="left")
+    # A table title wraps to the table's width; a narrow table gets a caption-free header.
+    table = Table(title="Critical-path self time", title_justify="left", min_width=44)
     table.add_column("service", style="cyan")
     table.add_column("self", justify="right")
     table.add_column("share", justify="right")
