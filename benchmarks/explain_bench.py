@@ -64,12 +64,13 @@ def build_store(path: Path, spans: int) -> None:
                'GET' AS http_method, NULL AS http_url, 200 AS http_status, NULL AS rpc_method
         FROM (
             SELECT t, k, t0, tid,
-                   lpad(to_hex(hash(tid, k)), 16, '0') AS sid,
-                   lpad(to_hex(hash(tid, 0)), 16, '0') AS sid0,
-                   lpad(to_hex(hash(tid, 1)), 16, '0') AS sid1
+                   lower(lpad(to_hex(hash(tid, k)), 16, '0')) AS sid,
+                   lower(lpad(to_hex(hash(tid, 0)), 16, '0')) AS sid0,
+                   lower(lpad(to_hex(hash(tid, 1)), 16, '0')) AS sid1
             FROM (
                 SELECT t, k, 1700000000000000000 + t * 5000000 AS t0,
-                       lpad(to_hex(hash(t)), 16, '0') || lpad(to_hex(hash(t, 'lo')), 16, '0') AS tid
+                       lower(lpad(to_hex(hash(t)), 16, '0')
+                             || lpad(to_hex(hash(t, 'lo')), 16, '0')) AS tid
                 FROM range({traces}) r(t), range({SPANS_PER_TRACE}) s(k)
             )
         ) ORDER BY t, k
@@ -100,7 +101,9 @@ def main() -> None:
     if not db.exists():
         t = time.perf_counter()
         build_store(db, args.spans)
-        print(f"built {db} ({args.spans:,} spans) in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+        print(
+            f"built {db} ({args.spans:,} spans) in {time.perf_counter() - t:.1f}s", file=sys.stderr
+        )
 
     import duckdb
 
@@ -113,22 +116,52 @@ def main() -> None:
     py = sys.executable
     base, base_min, _ = time_command([py, "-c", "import duckdb"], args.runs)
     bare, bare_min, _ = time_command(
-        [py, "-m", "tracelens", "explain", "--trace-id", trace_id, "--db", str(db),
-         "--format", "json", "--no-findings"], args.runs)
+        [
+            py,
+            "-m",
+            "tracelens",
+            "explain",
+            "--trace-id",
+            trace_id,
+            "--db",
+            str(db),
+            "--format",
+            "json",
+            "--no-findings",
+        ],
+        args.runs,
+    )
     full, full_min, out = time_command(
-        [py, "-m", "tracelens", "explain", "--trace-id", trace_id, "--db", str(db),
-         "--format", "json"], args.runs)
+        [
+            py,
+            "-m",
+            "tracelens",
+            "explain",
+            "--trace-id",
+            trace_id,
+            "--db",
+            str(db),
+            "--format",
+            "json",
+        ],
+        args.runs,
+    )
     assert trace_id in out
 
-    print(f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"duckdb {duckdb.__version__}; store {db.stat().st_size / 1e9:.2f} GB, "
-          f"{args.spans:,} spans; median of {args.runs} fresh processes")
+    print(
+        f"machine: {platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"duckdb {duckdb.__version__}; store {db.stat().st_size / 1e9:.2f} GB, "
+        f"{args.spans:,} spans; median of {args.runs} fresh processes"
+    )
     print("| command | median | min |")
     print("|---|---:|---:|")
-    print(f"| `python -c 'import duckdb'` (ceiling) | {base * 1000:.0f} ms | {base_min * 1000:.0f} ms |")
-    print(f"| `explain --format json --no-findings` | {bare * 1000:.0f} ms | {bare_min * 1000:.0f} ms |")
-    print(f"| `explain --format json` (with findings) | {full * 1000:.0f} ms | "
-          f"{full_min * 1000:.0f} ms |")
+    rows = [
+        ("`python -c 'import duckdb'` (ceiling)", base, base_min),
+        ("`explain --format json --no-findings`", bare, bare_min),
+        ("`explain --format json` (with findings)", full, full_min),
+    ]
+    for label, median, best in rows:
+        print(f"| {label} | {median * 1000:.0f} ms | {best * 1000:.0f} ms |")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 # file -> (spans dropped by the store's (trace_id, span_id) dedupe, why)
 STORE_DEDUPED: dict[str, tuple[int, str]] = {
     "otlp-json/jaeger-ui_otlp2jaeger-in_duplicate-span.json": (
-        1, "the same spanId appears twice in one trace (telemetrygen); stored once"),
+        1,
+        "the same spanId appears twice in one trace (telemetrygen); stored once",
+    ),
 }
 # invalid file -> a substring the error must contain besides the file name
 INVALID_PROBLEMS = {
@@ -36,8 +38,9 @@ def _manifest() -> list[tuple[str, int]]:
     if not path.is_file():
         return []
     with path.open(newline="") as fh:
-        return [(row["relative_path"], int(row["spans"]))
-                for row in csv.DictReader(fh, delimiter="\t")]
+        return [
+            (row["relative_path"], int(row["spans"])) for row in csv.DictReader(fh, delimiter="\t")
+        ]
 
 
 MANIFEST = _manifest()
@@ -46,15 +49,19 @@ INVALID = [p for p, _ in MANIFEST if Path(p).name.startswith("invalid_")]
 
 
 def test_manifest_is_complete(corpus: Path) -> None:
-    on_disk = {str(p.relative_to(corpus)) for p in corpus.rglob("*")
-               if p.is_file() and p.name not in ("MANIFEST.tsv", "README.md")}
+    on_disk = {
+        str(p.relative_to(corpus))
+        for p in corpus.rglob("*")
+        if p.is_file() and p.name not in ("MANIFEST.tsv", "README.md")
+    }
     assert on_disk == {p for p, _ in MANIFEST}
     assert set(INVALID) == set(INVALID_PROBLEMS)
 
 
 @pytest.mark.parametrize(("rel", "spans"), VALID, ids=[p for p, _ in VALID])
-def test_valid_file_imports_with_manifest_count(corpus: Path, tmp_path: Path, rel: str,
-                                                spans: int) -> None:
+def test_valid_file_imports_with_manifest_count(
+    corpus: Path, tmp_path: Path, rel: str, spans: int
+) -> None:
     with Store(tmp_path / "c.duckdb") as store:
         report = import_paths(store, [str(corpus / rel)])
         dropped, _why = STORE_DEDUPED.get(rel, (0, ""))
@@ -63,8 +70,9 @@ def test_valid_file_imports_with_manifest_count(corpus: Path, tmp_path: Path, re
 
 
 @pytest.mark.parametrize("rel", INVALID, ids=INVALID)
-def test_invalid_file_fails_and_leaves_store_unchanged(corpus: Path, tmp_path: Path,
-                                                       rel: str) -> None:
+def test_invalid_file_fails_and_leaves_store_unchanged(
+    corpus: Path, tmp_path: Path, rel: str
+) -> None:
     good = corpus / "otlp-json" / "jaeger_hotrod_n_plus_one_full_concurrent.json"
     with Store(tmp_path / "c.duckdb") as store:
         import_paths(store, [str(good)])

@@ -13,8 +13,8 @@ from tracelens.errors import (  # noqa: E402  (errors are cheap; everything else
     ReceiverError,
     RuleError,
     StoreError,
-    TraceNotFoundError,
     TracelensError,
+    TraceNotFoundError,
 )
 
 __all__ = [

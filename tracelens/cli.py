@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,25 @@ _DB_HELP = "DuckDB store (default: $TRACELENS_DB or ./tracelens.duckdb)"
 
 
 def _db_option(func: Any) -> Any:
-    return click.option("--db", "db", type=click.Path(dir_okay=False), default=None,
-                        envvar="TRACELENS_DB", help=_DB_HELP)(func)
+    return click.option(
+        "--db",
+        "db",
+        type=click.Path(dir_okay=False),
+        default=None,
+        envvar="TRACELENS_DB",
+        help=_DB_HELP,
+    )(func)
 
 
 def _format_option(func: Any) -> Any:
-    return click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-                        show_default=True, help="Output format.")(func)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Output format.",
+    )(func)
 
 
 class _Group(click.Group):
@@ -80,13 +92,18 @@ def _console(stderr: bool = False) -> Any:
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True)
 @_db_option
-@click.option("--format", "fmt", default=None,
-              help="Input format (default: sniffed): otlp-json, otlp-proto, jaeger-json, "
-                   "jaeger-proto-json, zipkin, xray.")
+@click.option(
+    "--format",
+    "fmt",
+    default=None,
+    help="Input format (default: sniffed): otlp-json, otlp-proto, jaeger-json, "
+    "jaeger-proto-json, zipkin, xray.",
+)
 @click.option("--keep-going", is_flag=True, help="Skip bad files instead of stopping at the first.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or per-file lines.")
-def import_cmd(paths: tuple[str, ...], db: str | None, fmt: str | None, keep_going: bool,
-               quiet: bool) -> None:
+def import_cmd(
+    paths: tuple[str, ...], db: str | None, fmt: str | None, keep_going: bool, quiet: bool
+) -> None:
     """Import trace files, directories (recursively), .gz files or - (stdin).
 
     Each file is imported in one transaction: a bad file stores nothing.
@@ -100,14 +117,16 @@ def import_cmd(paths: tuple[str, ...], db: str | None, fmt: str | None, keep_goi
     started = time.perf_counter()
     err = _console(stderr=True)
     with Store(_db_path(db)) as store, _progress(paths, quiet) as on_bytes:
+
         def on_file(result: Any) -> None:
             if result.error:
                 err.print(f"[red]skipped[/] {result.error}")
             elif not quiet:
                 err.print(f"{result.source}: {result.spans} spans ({result.inserted} new)")
 
-        report = import_paths(store, list(paths), fmt, keep_going=keep_going,
-                              on_bytes=on_bytes, on_file=on_file)
+        report = import_paths(
+            store, list(paths), fmt, keep_going=keep_going, on_bytes=on_bytes, on_file=on_file
+        )
         total = store.count_spans()
     elapsed = time.perf_counter() - started
     click.echo(
@@ -130,14 +149,25 @@ class _progress:
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         from tracelens.importers.sources import expand
 
         total = sum(s.size or 0 for s in expand(list(self.paths))) or None
-        self._bar = Progress("importing", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                             TimeRemainingColumn(), transient=True)
+        self._bar = Progress(
+            "importing",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self._bar.start()
         task = self._bar.add_task("import", total=total)
         return lambda n: self._bar.advance(task, n)
@@ -155,11 +185,24 @@ class _progress:
 @click.option("--slowest", is_flag=True, help="Explain the slowest trace in the store instead.")
 @_db_option
 @_format_option
-@click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Extra rule directory (repeatable).")
-@click.option("--no-findings", is_flag=True, help="Skip the detectors (tree and critical path only).")
-def explain(trace_id: str | None, slowest: bool, db: str | None, fmt: str,
-            rules_dirs: tuple[str, ...], no_findings: bool) -> None:
+@click.option(
+    "--rules",
+    "rules_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Extra rule directory (repeatable).",
+)
+@click.option(
+    "--no-findings", is_flag=True, help="Skip the detectors (tree and critical path only)."
+)
+def explain(
+    trace_id: str | None,
+    slowest: bool,
+    db: str | None,
+    fmt: str,
+    rules_dirs: tuple[str, ...],
+    no_findings: bool,
+) -> None:
     """One trace: its tree, critical path, self time per service, anomalies and findings."""
     from tracelens.errors import StoreError
     from tracelens.explain import explain as explain_trace
@@ -194,24 +237,45 @@ def _load_rules(dirs: tuple[str, ...]) -> Any:
 
 @main.command()
 @_db_option
-@click.option("--rules", "rules_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Extra rule directory (repeatable); loads like the built-in rules.")
+@click.option(
+    "--rules",
+    "rules_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Extra rule directory (repeatable); loads like the built-in rules.",
+)
 @click.option("--service", default=None, help="Only traces whose root is in this service.")
-@click.option("--since", default=None, help="Only traces starting at/after: ISO time or 15m/2h/7d ago.")
-@click.option("--until", default=None, help="Only traces starting before: ISO time or 15m/2h/7d ago.")
+@click.option(
+    "--since", default=None, help="Only traces starting at/after: ISO time or 15m/2h/7d ago."
+)
+@click.option(
+    "--until", default=None, help="Only traces starting before: ISO time or 15m/2h/7d ago."
+)
 @_format_option
-@click.option("--fail-on", type=click.Choice(SEVERITY_CHOICES), default=None,
-              help=f"Exit {EXIT_FINDINGS} when a finding has at least this severity (for CI).")
-def analyze(db: str | None, rules_dirs: tuple[str, ...], service: str | None, since: str | None,
-            until: str | None, fmt: str, fail_on: str | None) -> None:
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITY_CHOICES),
+    default=None,
+    help=f"Exit {EXIT_FINDINGS} when a finding has at least this severity (for CI).",
+)
+def analyze(
+    db: str | None,
+    rules_dirs: tuple[str, ...],
+    service: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    fail_on: str | None,
+) -> None:
     """Run every rule over all (or the selected) traces: findings by endpoint, with evidence."""
     from tracelens.analyze import analyze as run_analysis
     from tracelens.analyze import severity_rank
 
     rules = _load_rules(rules_dirs)
     with _open_reader(db) as reader:
-        result = run_analysis(reader, rules, service=service, since_ns=parse_time(since),
-                              until_ns=parse_time(until))
+        result = run_analysis(
+            reader, rules, service=service, since_ns=parse_time(since), until_ns=parse_time(until)
+        )
     data = result.to_dict()
     if fmt == "json":
         _echo_json(data)
@@ -219,7 +283,9 @@ def analyze(db: str | None, rules_dirs: tuple[str, ...], service: str | None, si
         from tracelens.report.text import render_analysis
 
         render_analysis(data, _console())
-    if fail_on and any(severity_rank(f.severity) >= severity_rank(fail_on) for f in result.findings):
+    if fail_on and any(
+        severity_rank(f.severity) >= severity_rank(fail_on) for f in result.findings
+    ):
         sys.exit(EXIT_FINDINGS)
 
 
@@ -240,7 +306,7 @@ def parse_time(text: str | None, now: float | None = None) -> int | None:
     except ValueError as exc:
         raise click.BadParameter(f"{text!r} is neither an ISO time nor like 15m/2h/7d") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1_000_000) * 1000
 
 
@@ -253,8 +319,9 @@ def parse_time(text: str | None, now: float | None = None) -> int | None:
 @click.option("--operation", default=None, help="Root operation (span name).")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
 @_format_option
-def traces(db: str | None, service: str | None, operation: str | None, limit: int,
-           fmt: str) -> None:
+def traces(
+    db: str | None, service: str | None, operation: str | None, limit: int, fmt: str
+) -> None:
     """List traces, slowest first."""
     with _open_reader(db) as reader:
         rows = reader.list_traces(service=service, operation=operation, limit=limit)
@@ -267,9 +334,16 @@ def traces(db: str | None, service: str | None, operation: str | None, limit: in
     for col in ("trace_id", "service", "operation", "duration", "spans", "errors", "start (UTC)"):
         table.add_column(col, justify="right" if col in ("duration", "spans", "errors") else "left")
     for r in rows:
-        start = datetime.fromtimestamp(r.start_ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(r.trace_id, r.service, r.name, f"{r.duration_ns / 1e6:,.1f} ms",
-                      str(r.span_count), str(r.error_count), start)
+        start = datetime.fromtimestamp(r.start_ns / 1e9, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            r.trace_id,
+            r.service,
+            r.name,
+            f"{r.duration_ns / 1e6:,.1f} ms",
+            str(r.span_count),
+            str(r.error_count),
+            start,
+        )
     _console().print(table)
 
 

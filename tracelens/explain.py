@@ -57,7 +57,12 @@ class Explanation:
             "root": {"service": root.service, "name": root.name},
             "span_count": self.span_count,
             "critical_path": [
-                {"span_id": s.span_id, "service": s.service, "name": s.name, "self_ms": _ms(s.self_ns)}
+                {
+                    "span_id": s.span_id,
+                    "service": s.service,
+                    "name": s.name,
+                    "self_ms": _ms(s.self_ns),
+                }
                 for s in self.critical_path
             ],
             "services": [
@@ -130,7 +135,9 @@ def _path_steps(segments: list[Any]) -> list[PathStep]:
     return list(steps.values())
 
 
-def _findings(reader: Any, trace_id: str, tree: CallTree, rules: list[Rule] | None) -> list[Finding]:
+def _findings(
+    reader: Any, trace_id: str, tree: CallTree, rules: list[Rule] | None
+) -> list[Finding]:
     from tracelens.analyze import findings_for_trace
     from tracelens.rules import load_rules
 

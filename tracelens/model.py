@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from tracelens.semconv import derive
+from tracelens.semconv import DERIVED, derive_row
 
 
 class SpanKind(IntEnum):
@@ -36,18 +36,7 @@ class StatusCode(IntEnum):
     ERROR = 2
 
 
-DERIVED_COLUMNS = (
-    "service",
-    "db_system",
-    "db_statement",
-    "db_fingerprint",
-    "peer",
-    "http_route",
-    "http_method",
-    "http_url",
-    "http_status",
-    "rpc_method",
-)
+DERIVED_COLUMNS = DERIVED  # the trailing columns, computed from attributes at ingest
 
 SPAN_SCHEMA = pa.schema(
     [
@@ -83,6 +72,7 @@ SPAN_SCHEMA = pa.schema(
 )
 
 COLUMNS = tuple(SPAN_SCHEMA.names)
+assert COLUMNS[-len(DERIVED_COLUMNS) :] == DERIVED_COLUMNS, "derived columns must come last"
 _EMPTY_OBJ = "{}"
 _EMPTY_LIST = "[]"
 
@@ -103,19 +93,21 @@ def _json_default(value: Any) -> Any:
 
 
 class SpanBatchBuilder:
-    """Accumulates spans column by column and emits ``SPAN_SCHEMA`` record batches.
+    """Accumulates spans and emits ``SPAN_SCHEMA`` record batches.
 
     Importers call :meth:`add` per span and :meth:`flush` (or :meth:`take_if_full`) to get
-    batches. Derived columns are computed here so that no source can forget them.
+    batches. Derived columns are computed here so that no source can forget them. A span is
+    kept as one tuple in schema order and the rows are transposed at flush: one append per
+    span instead of one per column.
     """
 
     def __init__(self, batch_size: int = 20_000) -> None:
         self.batch_size = batch_size
-        self._cols: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-        self._resource_cache: tuple[int, str, dict] | None = None
+        self._rows: list[tuple[Any, ...]] = []
+        self._resource_cache: tuple[Mapping[str, Any], str] | None = None
 
     def __len__(self) -> int:
-        return len(self._cols["trace_id"])
+        return len(self._rows)
 
     def add(
         self,
@@ -139,49 +131,57 @@ class SpanBatchBuilder:
         links: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         """Append one span. Ids must already be canonical hex (see ``tracelens.ids``)."""
-        c = self._cols
         if end_ns < start_ns:
             end_ns = start_ns
-        c["trace_id"].append(trace_id)
-        c["span_id"].append(span_id)
-        c["parent_span_id"].append(parent_span_id or None)
-        c["name"].append(name)
-        c["kind"].append(int(kind))
-        c["start_ns"].append(start_ns)
-        c["end_ns"].append(end_ns)
-        c["duration_ns"].append(end_ns - start_ns)
-        c["status_code"].append(int(status_code))
-        c["status_message"].append(status_message or None)
-        c["follows_from"].append(bool(follows_from))
-        c["trace_state"].append(trace_state or None)
-        c["scope_name"].append(scope_name or None)
-        c["scope_version"].append(scope_version or None)
-        c["attributes"].append(_dumps(attributes) if attributes else _EMPTY_OBJ)
-        c["resource_attributes"].append(self._resource_json(resource))
-        c["events"].append(_dumps(list(events)) if events else _EMPTY_LIST)
-        c["links"].append(_dumps(list(links)) if links else _EMPTY_LIST)
-        for key, value in derive(attributes, resource).items():
-            c[key].append(value)
+        self._rows.append(
+            (
+                trace_id,
+                span_id,
+                parent_span_id or None,
+                name,
+                kind,
+                start_ns,
+                end_ns,
+                end_ns - start_ns,
+                status_code,
+                status_message or None,
+                bool(follows_from),
+                trace_state or None,
+                scope_name or None,
+                scope_version or None,
+                _dumps(attributes) if attributes else _EMPTY_OBJ,
+                self._resource_json(resource),
+                _dumps(list(events)) if events else _EMPTY_LIST,
+                _dumps(list(links)) if links else _EMPTY_LIST,
+            )
+            + derive_row(attributes, resource)
+        )
 
     def _resource_json(self, resource: Mapping[str, Any]) -> str:
         # Spans of one resource arrive together; serialize its attributes once.
         cached = self._resource_cache
-        if cached is not None and cached[0] == id(resource) and cached[2] is resource:
+        if cached is not None and cached[0] is resource:
             return cached[1]
         text = _dumps(dict(resource)) if resource else _EMPTY_OBJ
-        self._resource_cache = (id(resource), text, resource)  # type: ignore[assignment]
+        self._resource_cache = (resource, text)
         return text
 
     def flush(self) -> pa.RecordBatch | None:
         """The spans added so far as one batch (or None when empty); the builder resets."""
-        if not len(self):
+        if not self._rows:
             return None
-        batch = pa.RecordBatch.from_pydict(self._cols, schema=SPAN_SCHEMA)
-        self._cols = {name: [] for name in COLUMNS}
-        return batch
+        rows, self._rows = self._rows, []
+        return rows_to_batch(rows)
 
     def take_if_full(self) -> pa.RecordBatch | None:
-        return self.flush() if len(self) >= self.batch_size else None
+        return self.flush() if len(self._rows) >= self.batch_size else None
+
+
+def rows_to_batch(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
+    """Row tuples in ``SPAN_SCHEMA`` order → one record batch."""
+    columns = zip(*rows, strict=True)
+    arrays = [pa.array(col, type=f.type) for col, f in zip(columns, SPAN_SCHEMA, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=SPAN_SCHEMA)
 
 
 @contextmanager

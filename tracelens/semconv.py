@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 UNKNOWN_SERVICE = "unknown_service"
@@ -41,35 +42,39 @@ def first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 # --- statement fingerprints -------------------------------------------------------------------
 
 _COMMENT = re.compile(r"/\*.*?\*/|--[^\n]*", re.S)
-_STRING = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\"(?=\s*(?:,|\)|$|\s(?:and|or)\b))",
-                     re.I)
+_STRING = re.compile(
+    r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\"(?=\s*(?:,|\)|$|\s(?:and|or)\b))", re.I
+)
 _PLACEHOLDER = re.compile(r"%\(\w+\)s|%s|\$\d+|(?<![\w:]):\w+|@\w+|\?")
 _NUMBER = re.compile(r"(?<![\w.])[-+]?(?:0x[0-9a-f]+|\d+(?:\.\d+)?(?:e[-+]?\d+)?)(?![\w.])", re.I)
 _IN_LIST = re.compile(r"\bin\s*\(\s*\?(?:\s*,\s*\?)*\s*\)", re.I)
 _VALUES_LIST = re.compile(r"(\(\s*\?(?:\s*,\s*\?)*\s*\))(?:\s*,\s*\(\s*\?(?:\s*,\s*\?)*\s*\))+")
 _SPACE = re.compile(r"\s+")
+# Strings, placeholders and numbers in one pass: at any position at most one can start.
+_LITERAL = re.compile("|".join(f"(?:{r.pattern})" for r in (_STRING, _PLACEHOLDER, _NUMBER)), re.I)
+_ODD_SPACE = re.compile(r"\s\s|[\t\n\r\f\v]")
 
 
 def fingerprint_sql(statement: str) -> str:
     """Normalize a statement so that the same query with other parameters has one fingerprint.
 
     Literals and every placeholder style (``%(pk_1)s``, ``%s``, ``$1``, ``:name``, ``?``) become
-    ``?``; IN-lists collapse to ``IN (?)`` and multi-row VALUES to their first row; whitespace and comments go.
+    ``?``; IN-lists collapse to ``IN (?)`` and multi-row VALUES to their first row;
+    whitespace and comments go.
     """
-    text = _COMMENT.sub(" ", statement)
-    text = _STRING.sub("?", text)
-    text = _PLACEHOLDER.sub("?", text)
-    text = _NUMBER.sub("?", text)
-    text = _IN_LIST.sub("IN (?)", text)
-    text = _VALUES_LIST.sub(r"\1", text)
-    return _SPACE.sub(" ", text).strip().rstrip(";").strip()
+    text = statement
+    if "--" in text or "/*" in text:
+        text = _COMMENT.sub(" ", text)
+    text = _LITERAL.sub("?", text)
+    if "(" in text:  # IN-lists and VALUES rows: only worth a regex when a parenthesis is there
+        text = _IN_LIST.sub("IN (?)", text)
+        text = _VALUES_LIST.sub(r"\1", text)
+    if _ODD_SPACE.search(text):
+        text = _SPACE.sub(" ", text)
+    return text.strip().rstrip(";").strip()
 
 
 def fingerprint_command(statement: str) -> str:
@@ -80,7 +85,9 @@ def fingerprint_command(statement: str) -> str:
     return parts[0].upper() + (" ?" if len(parts) > 1 else "")
 
 
+@lru_cache(maxsize=8192)
 def fingerprint(statement: str | None, db_system: str | None) -> str | None:
+    # Cached: an N+1 repeats one statement many times, often with the same text.
     if not statement:
         return None
     if db_system and db_system.lower() in CACHE_SYSTEMS:
@@ -90,37 +97,89 @@ def fingerprint(statement: str | None, db_system: str | None) -> str | None:
 
 # --- the derived columns ----------------------------------------------------------------------
 
+DERIVED = (
+    "service",
+    "db_system",
+    "db_statement",
+    "db_fingerprint",
+    "peer",
+    "http_route",
+    "http_method",
+    "http_url",
+    "http_status",
+    "rpc_method",
+)
 
-def derive(attrs: Mapping[str, Any], resource: Mapping[str, Any]) -> dict[str, str | None]:
-    """The derived columns for one span. Keys match ``model.DERIVED_COLUMNS``."""
-    db_system = _text(first(attrs, DB_SYSTEM_KEYS))
-    statement = _text(first(attrs, DB_STATEMENT_KEYS))
+# attribute key -> (slot, rank): one dict lookup per attribute instead of ~30 per span; the
+# lowest rank (the newer convention, listed first above) wins when several keys are present.
+_SLOTS: dict[str, tuple[str, int]] = {}
+for _slot, _keys in (
+    ("db_system", DB_SYSTEM_KEYS),
+    ("db_statement", DB_STATEMENT_KEYS),
+    ("db_operation", DB_OPERATION_KEYS),
+    ("peer", PEER_KEYS),
+    ("http_route", ("http.route",)),
+    ("http_method", HTTP_METHOD_KEYS),
+    ("http_url", HTTP_URL_KEYS),
+    ("http_status", HTTP_STATUS_KEYS),
+    ("rpc_method", ("rpc.method",)),
+    ("rpc_service", ("rpc.service",)),
+):
+    for _rank, _key in enumerate(_keys):
+        _SLOTS[_key] = (_slot, _rank)
+
+
+def derive_row(attrs: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The derived columns for one span, in the order of ``DERIVED`` (the builder's hot path)."""
+    found: dict[str, tuple[int, Any]] = {}
+    slots = _SLOTS
+    for key, value in attrs.items():
+        slot = slots.get(key)
+        if slot is None or value is None or value == "":
+            continue
+        prev = found.get(slot[0])
+        if prev is None or slot[1] < prev[0]:
+            found[slot[0]] = (slot[1], value)
+    service = resource.get("service.name")
+    if not found:
+        return (str(service) if service else UNKNOWN_SERVICE,) + (None,) * 9
+    get = found.get
+    db_system = _value(get("db_system"))
+    statement = _value(get("db_statement"))
     if statement is None and db_system and db_system.lower() in CACHE_SYSTEMS:
-        statement = _text(first(attrs, DB_OPERATION_KEYS))
-    method = _text(first(attrs, HTTP_METHOD_KEYS))
-    rpc = None
-    if attrs.get("rpc.method"):
-        rpc = f"{attrs.get('rpc.service') or ''}/{attrs['rpc.method']}"
-    status = first(attrs, HTTP_STATUS_KEYS)
-    return {
-        "service": _text(resource.get("service.name")) or UNKNOWN_SERVICE,
-        "db_system": db_system,
-        "db_statement": statement,
-        "db_fingerprint": fingerprint(statement, db_system),
-        "peer": _text(first(attrs, PEER_KEYS)),
-        "http_route": _text(attrs.get("http.route")),
-        "http_method": method,
-        "http_url": _text(first(attrs, HTTP_URL_KEYS)),
-        "http_status": int(status) if _is_int(status) else None,
-        "rpc_method": rpc,
-    }
+        statement = _value(get("db_operation"))
+    rpc = _value(get("rpc_method"))
+    if rpc is not None:
+        rpc = f"{_value(get('rpc_service')) or ''}/{rpc}"
+    return (
+        str(service) if service else UNKNOWN_SERVICE,
+        db_system,
+        statement,
+        fingerprint(statement, db_system),
+        _value(get("peer")),
+        _value(get("http_route")),
+        _value(get("http_method")),
+        _value(get("http_url")),
+        _status(get("http_status")),
+        rpc,
+    )
 
 
-def _is_int(value: Any) -> bool:
-    if isinstance(value, bool) or value is None:
-        return False
+def derive(attrs: Mapping[str, Any], resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The derived columns for one span, keyed by column name."""
+    return dict(zip(DERIVED, derive_row(attrs, resource), strict=True))
+
+
+def _value(found: tuple[int, Any] | None) -> str | None:
+    return None if found is None else str(found[1])
+
+
+def _status(found: tuple[int, Any] | None) -> int | None:
+    """An HTTP status code, or None when the attribute is not one (the column is int32)."""
+    if found is None or isinstance(found[1], bool):
+        return None
     try:
-        int(value)
+        code = int(found[1])
     except (TypeError, ValueError):
-        return False
-    return True
+        return None
+    return code if 100 <= code <= 999 else None

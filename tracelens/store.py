@@ -173,10 +173,14 @@ class Store:
         """All stored spans of one trace (canonical columns), ordered by start time."""
         from tracelens.model import COLUMNS
 
-        return _arrow(self.con, (
-            f"SELECT {', '.join(COLUMNS)} FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id",
-            [trace_id.lower()],
-        ))
+        return _arrow(
+            self.con,
+            (
+                f"SELECT {', '.join(COLUMNS)} FROM spans WHERE trace_id = ? "
+                "ORDER BY start_ns, span_id",
+                [trace_id.lower()],
+            ),
+        )
 
     def list_traces(
         self,
@@ -206,7 +210,7 @@ class Store:
                    count(*) AS n, count(*) FILTER (WHERE status_code = 2) AS errs
             FROM spans {where}
             GROUP BY trace_id
-            {'HAVING ' + ' AND '.join(having) if having else ''}
+            {"HAVING " + " AND ".join(having) if having else ""}
             ORDER BY dur DESC, trace_id
             LIMIT ?"""
         rows = self.con.execute(sql, params + hparams + [int(limit)]).fetchall()
@@ -231,10 +235,13 @@ class Store:
         if trace_ids is not None:
             where += (" AND " if where else "WHERE ") + "trace_id IN (SELECT unnest(?))"
             params.append(list(trace_ids))
-        return _arrow(self.con, (
-            f"SELECT {', '.join(names)} FROM spans {where} ORDER BY trace_id, start_ns",
-            params,
-        ))
+        return _arrow(
+            self.con,
+            (
+                f"SELECT {', '.join(names)} FROM spans {where} ORDER BY trace_id, start_ns",
+                params,
+            ),
+        )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         """A read-only SQL query (for the server's read API and power users)."""
@@ -247,12 +254,14 @@ def _time_filter(
     """Whole traces are kept: a trace is in the window when it starts inside it."""
     clauses, params = [], []
     if since_ns is not None:
-        clauses.append("trace_id IN (SELECT trace_id FROM spans GROUP BY trace_id "
-                       "HAVING min(start_ns) >= ?)")
+        clauses.append(
+            "trace_id IN (SELECT trace_id FROM spans GROUP BY trace_id HAVING min(start_ns) >= ?)"
+        )
         params.append(int(since_ns))
     if until_ns is not None:
-        clauses.append("trace_id IN (SELECT trace_id FROM spans GROUP BY trace_id "
-                       "HAVING min(start_ns) < ?)")
+        clauses.append(
+            "trace_id IN (SELECT trace_id FROM spans GROUP BY trace_id HAVING min(start_ns) < ?)"
+        )
         params.append(int(until_ns))
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 

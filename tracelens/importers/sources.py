@@ -83,7 +83,8 @@ def open_source(
         magic = counted.peek(2)[:2]
         if magic == b"\x1f\x8b":
             stream: BinaryIO = io.BufferedReader(
-                gzip.GzipFile(fileobj=counted, mode="rb"), buffer_size=1 << 20  # type: ignore[arg-type]
+                gzip.GzipFile(fileobj=counted, mode="rb"),
+                buffer_size=1 << 20,  # type: ignore[arg-type]
             )
         else:
             stream = counted

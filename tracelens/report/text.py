@@ -59,8 +59,10 @@ def _tree(exp: Explanation) -> Any:
     display: Tree | None = None
     for span_id, depth in tree.walk():
         parent = tree.parent(span_id)
-        if shown >= MAX_TREE_LINES or depth > MAX_TREE_DEPTH or (
-            parent is not None and parent not in nodes
+        if (
+            shown >= MAX_TREE_LINES
+            or depth > MAX_TREE_DEPTH
+            or (parent is not None and parent not in nodes)
         ):
             hidden += 1
             continue
@@ -151,14 +153,21 @@ def render_analysis(result: dict[str, Any], console: Console) -> None:
     if endpoints:
         table = Table(title="Endpoints", title_justify="left")
         for col in ("service", "operation", "traces", "p50", "p95", "p99", "tail owned by"):
-            table.add_column(col, justify="right" if col in ("traces", "p50", "p95", "p99") else "left")
+            table.add_column(
+                col, justify="right" if col in ("traces", "p50", "p95", "p99") else "left"
+            )
         for ep in endpoints:
             owners = ", ".join(
                 f"{a['service']} {a['operation']} {a['share']:.0%}" for a in ep["attribution"][:3]
             )
             table.add_row(
-                ep["service"], ep["operation"], str(ep["traces"]), f"{ep['p50_ms']:,.1f} ms",
-                f"{ep['p95_ms']:,.1f} ms", f"{ep['p99_ms']:,.1f} ms", owners or "-",
+                ep["service"],
+                ep["operation"],
+                str(ep["traces"]),
+                f"{ep['p50_ms']:,.1f} ms",
+                f"{ep['p95_ms']:,.1f} ms",
+                f"{ep['p99_ms']:,.1f} ms",
+                owners or "-",
             )
         console.print(table)
     groups: dict[str, list[dict[str, Any]]] = {}
