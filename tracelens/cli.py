@@ -41,7 +41,21 @@ def _format_option(func: Any) -> Any:
 
 
 class _Group(click.Group):
-    """Maps TracelensError to a one-line message and exit code 1, never a traceback."""
+    """Maps TracelensError to a one-line message and exit code 1, never a traceback.
+
+    ``serve`` is loaded only when asked for: the receiver's imports (grpc, servers) would
+    otherwise slow every `explain` start.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), "serve"})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name == "serve" and name not in self.commands:
+            from tracelens.receiver.command import serve
+
+            self.add_command(serve, "serve")
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -345,14 +359,3 @@ def traces(
             start,
         )
     _console().print(table)
-
-
-def _register_serve() -> None:
-    try:
-        from tracelens.receiver.command import serve
-    except ImportError:  # pragma: no cover - the receiver ships with the package
-        return
-    main.add_command(serve, "serve")
-
-
-_register_serve()
