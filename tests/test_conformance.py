@@ -24,6 +24,33 @@ STORE_DEDUPED: dict[str, tuple[int, str]] = {
         1,
         "the same spanId appears twice in one trace (telemetrygen); stored once",
     ),
+    "jaeger-json/jaeger-ui_traceWithMultipleSpansWithTheSameValueInDifferentTags.json": (
+        1,
+        "one spanID appears twice in the trace; the first row is kept",
+    ),
+    "jaeger-json/jaeger_uimodel_ui_01.json": (
+        1,
+        "duplicate spanID (a fixture for Jaeger's dedupe); the first row is kept",
+    ),
+    "jaeger-proto-json/jaeger_converter_domain_01.json": (
+        1,
+        "duplicate spanId (the same fixture in jsonpb form); the first row is kept",
+    ),
+    "zipkin-json/otelcol_zipkinreceiver_sample1.json": (
+        8,
+        "the same span, identical content, repeated 9 times; stored once",
+    ),
+    "zipkin-json/zipkin-lens_netflix.json": (
+        2,
+        "two untimed annotation fragments (no kind, timestamp or endpoint) of client span "
+        "6c59056709a0b1e4 share its id; Zipkin merges fragments by id and the store keeps the "
+        "complete row (the importer emits the most complete row first)",
+    ),
+    "zipkin-json/zipkin-lens_smartthings-mobile-web-install.json": (
+        84,
+        "84 untimed annotation fragments (no kind, no timestamp) share the id of a span whose "
+        "complete row is also present; merged the same way",
+    ),
 }
 # invalid file -> a substring the error must contain besides the file name
 INVALID_PROBLEMS = {
