@@ -45,3 +45,11 @@ def test_lenient_ids_are_stable_hashes_of_synthetic_names() -> None:
 def test_is_zero() -> None:
     assert ids.is_zero("0" * 16)
     assert not ids.is_zero("0" * 15 + "1")
+
+
+def test_lossy_base64_is_not_an_id() -> None:
+    # "span-1".."span-7" are valid URL-safe base64 alphabets but decode dropping bits; they
+    # must hash to distinct ids, not collapse onto one decoded value.
+    got = {ids.span_id(f"span-{i}", lenient=True) for i in range(1, 8)}
+    assert len(got) == 7
+    assert ids.span_id("AAAAAAAAAAE=", exact=True) == "0000000000000001"

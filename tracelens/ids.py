@@ -47,6 +47,11 @@ def _from_base64(text: str, nbytes: int, exact: bool) -> str | None:
         return None
     if not raw or len(raw) > nbytes or (exact and len(raw) != nbytes):
         return None
+    # Only a faithful encoding counts: "span-1" and "span-2" decode (dropping bits) to the
+    # same bytes, which would merge distinct synthetic ids.
+    encoded = base64.b64encode(raw, altchars=altchars).decode().rstrip("=")
+    if encoded != text.rstrip("="):
+        return None
     return raw.hex().rjust(nbytes * 2, "0")
 
 
