@@ -1,0 +1,271 @@
+"""Jaeger JSON: the query service / UI model (``GET /api/traces``, the UI's "Download JSON").
+
+``{"data":[{"traceID","spans":[…],"processes":{"p1":{"serviceName","tags"}}}], "total", …}``.
+Spans carry typed tags (``{"key","type","value"}``), logs, references and a ``processID``;
+times are microseconds. Also read: a bare trace object, ``data`` as one object, a bare array of
+spans with inline ``process`` (jaeger-anonymizer), extra top-level keys and synthetic ids such as
+``"A"`` or ``"span-1"`` (hex is padded, anything else hashed to a stable id).
+
+The usual ``{"data":[…]}`` export streams trace by trace (:mod:`jsonstream`), so a 500 MB file
+is never held as Python objects at once; other shapes are small and parsed whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import orjson
+import pyarrow as pa
+
+from tracelens import ids
+from tracelens.errors import InputFormatError
+from tracelens.importers import jaeger_model as jm
+from tracelens.importers.jsonstream import ArrayStream
+from tracelens.importers.sources import peek
+from tracelens.model import SpanBatchBuilder, gc_paused
+
+NAME = "jaeger-json"
+BATCH_SPANS = 32_768
+
+_DATA_ARRAY = re.compile(rb'\A(?:\xef\xbb\xbf)?\s*\{\s*"data"\s*:\s*\[')
+_EMPTY_EXPORT = re.compile(rb'\A(?:\xef\xbb\xbf)?\s*\{\s*"data"\s*:\s*(?:\[\s*\]|null)\s*[,}]')
+_BARE_SPANS = "<spans>"  # the path of a bare span array's pseudo-trace
+_FIELD = re.compile(rb'"(traceID|spanID|operationName|processID)"\s*:')
+
+
+def sniff(head: bytes, filename: str) -> bool:
+    """Jaeger's UI model spells ``traceID``/``spanID`` with a capital D (OTLP and Zipkin
+    write ``traceId``, X-Ray ``trace_id``)."""
+    found = {m.group(1) for m in _FIELD.finditer(head)}
+    if b"traceID" in found and (found & {b"spanID", b"operationName", b"processID"}):
+        return True
+    return bool(_EMPTY_EXPORT.match(head))
+
+
+def read(stream: BinaryIO, source: str) -> Iterator[pa.RecordBatch]:
+    head = peek(stream)
+    opening = _DATA_ARRAY.match(head)
+    with gc_paused():  # parsing builds millions of acyclic objects: the cyclic GC only slows it
+        builder = SpanBatchBuilder(BATCH_SPANS)
+        if opening:
+            elements = ArrayStream(stream, source, opening.group(0))
+            traces: Iterator[tuple[str, Any]] = ((f"data[{i}]", t) for i, t in elements)
+        else:
+            traces = _whole_document(stream, source)
+        for where, trace in traces:
+            add_trace(builder, trace, source, where)
+            if len(builder) >= BATCH_SPANS:
+                yield builder.flush()  # type: ignore[misc]
+        last = builder.flush()
+        if last is not None:
+            yield last
+
+
+def _whole_document(stream: BinaryIO, source: str) -> Iterator[tuple[str, Any]]:
+    """The shapes other than ``{"data":[…]}``: ``(where, trace)`` pairs."""
+    doc = load_whole(stream, source)
+    if isinstance(doc, list):
+        if doc and all(isinstance(t, dict) and "spans" in t for t in doc):
+            yield from ((f"[{i}]", t) for i, t in enumerate(doc))
+        else:  # a bare array of spans, each with an inline process (jaeger-anonymizer)
+            yield _BARE_SPANS, {"spans": doc}
+        return
+    if not isinstance(doc, dict):
+        raise InputFormatError(source, "expected a JSON object or array of Jaeger traces")
+    if "data" in doc:
+        data = doc["data"]
+        if isinstance(data, list):
+            yield from ((f"data[{i}]", t) for i, t in enumerate(data))
+        elif isinstance(data, dict):
+            yield "data", data
+        elif data is not None:
+            raise InputFormatError(source, "'data' must be an array of traces", "data")
+    elif "spans" in doc:
+        yield "", doc
+    else:
+        raise InputFormatError(source, "no 'data' or 'spans' key: not a Jaeger trace export")
+
+
+def load_whole(stream: BinaryIO, source: str) -> Any:
+    data = stream.read().removeprefix(b"\xef\xbb\xbf")  # orjson rejects a byte order mark
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputFormatError(source, f"invalid JSON: {exc.msg}", _json_place(exc)) from exc
+
+
+def _json_place(exc: orjson.JSONDecodeError) -> str:
+    doc = exc.doc or ""
+    offset = len(doc[: exc.pos].encode("utf-8", "surrogatepass"))
+    return f"line {exc.lineno}, column {exc.colno} (byte {offset})"
+
+
+# --- one trace --------------------------------------------------------------------------------
+
+
+def add_trace(builder: SpanBatchBuilder, trace: Any, source: str, where: str) -> None:
+    """Flatten one trace object (``{"traceID","spans","processes"}``) into ``builder``.
+
+    ``where`` is the trace's JSON path, for errors (``data[3]``).
+    """
+    if not isinstance(trace, dict):
+        raise InputFormatError(source, "a trace must be a JSON object", where)
+    spans = trace.get("spans")
+    if spans is None:
+        spans = []
+    elif not isinstance(spans, list):
+        raise InputFormatError(source, "'spans' must be an array", where)
+    processes = trace.get("processes") or {}
+    resources: dict[Any, dict[str, Any]] = {}
+    trace_ids = jm.TraceIds()
+    default_tid = trace.get("traceID")
+    j = -1
+    try:
+        for j, span in enumerate(spans):  # noqa: B007 — j names the span in errors
+            pid = span.get("processID")
+            res = resources.get(pid) if pid is not None else None
+            if res is None:
+                res = _resource(span.get("process") or processes.get(pid) or {})
+                if pid is not None and "process" not in span:
+                    resources[pid] = res
+            _add_span(builder, span, res, trace_ids, default_tid)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        place = f"[{j}]" if where == _BARE_SPANS else f"{where}.spans[{j}]".lstrip(".")
+        raise InputFormatError(source, _problem(exc), place) from exc
+
+
+def _add_span(
+    builder: SpanBatchBuilder,
+    span: dict[str, Any],
+    res: dict[str, Any],
+    trace_ids: jm.TraceIds,
+    default_tid: Any,
+) -> None:
+    get = span.get
+    raw_tid = get("traceID") or default_tid
+    tid = trace_ids(raw_tid)
+    refs = get("references")
+    follows = False
+    links: Any = ()
+    if not refs:
+        raw_parent = get("parentSpanID")
+        parent = jm.span_id(raw_parent) if raw_parent not in (None, "", "0", 0) else None
+    elif (
+        len(refs) == 1
+        and refs[0].get("refType", jm.CHILD_OF) == jm.CHILD_OF
+        and (refs[0].get("traceID") in (None, raw_tid))
+    ):
+        parent = jm.span_id(refs[0]["spanID"])  # the common case: one CHILD_OF in this trace
+    else:
+        parent, follows, links = _references(refs, raw_tid, tid, trace_ids)
+    tags = get("tags")
+    attrs = tag_dict(tags) if tags else {}
+    kind, status, message, scope, version = jm.pop_bookkeeping(attrs)
+    start = span["startTime"]
+    start = start * 1000 if type(start) is int else micros(start)
+    duration = get("duration") or 0
+    logs = get("logs")
+    builder.add(
+        trace_id=tid,
+        span_id=jm.span_id(span["spanID"]),
+        parent_span_id=parent,
+        name=get("operationName") or "",
+        kind=kind,
+        start_ns=start,
+        end_ns=start + (duration * 1000 if type(duration) is int else micros(duration)),
+        attributes=attrs,
+        resource=res,
+        status_code=status,
+        status_message=message,
+        follows_from=follows,
+        scope_name=scope,
+        scope_version=version,
+        events=_events(logs) if logs else (),
+        links=links,
+    )
+
+
+def _references(
+    refs: list[dict[str, Any]], raw_tid: Any, tid: str, trace_ids: jm.TraceIds
+) -> tuple[str | None, bool, list[dict[str, Any]]]:
+    triples = [
+        (
+            jm.ref_type(r.get("refType")),
+            trace_ids(r.get("traceID") or raw_tid),
+            jm.span_id(r["spanID"]),
+        )
+        for r in refs
+    ]
+    return jm.resolve_references(triples, tid)
+
+
+def _resource(process: dict[str, Any]) -> dict[str, Any]:
+    tags = process.get("tags")
+    return jm.resource(process.get("serviceName"), tag_dict(tags) if tags else {})
+
+
+def _events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    events = []
+    for log in logs:
+        fields = log.get("fields")
+        attrs = tag_dict(fields) if fields else {}
+        name = attrs.pop("event", None)
+        events.append(
+            {
+                "time_ns": micros(log.get("timestamp") or 0),
+                "name": str(name) if name is not None else "log",
+                "attributes": attrs,
+            }
+        )
+    return events
+
+
+def tag_dict(tags: list[dict[str, Any]]) -> dict[str, Any]:
+    """Jaeger typed tags → attributes with their types (big int64s arrive as strings)."""
+    out: dict[str, Any] = {}
+    try:
+        for tag in tags:  # the hot loop of the importer: subscripts, no method calls
+            kind = tag["type"]
+            value = tag["value"]
+            if kind == "string" or (kind == "int64" and type(value) is int):
+                out[tag["key"]] = value
+            else:
+                out[tag["key"]] = _typed(kind, value)
+    except KeyError:  # a tag without "type" or "value": take the slow, forgiving path
+        out = {tag["key"]: _typed(tag.get("type"), tag.get("value")) for tag in tags}
+    return out
+
+
+def _typed(kind: Any, value: Any) -> Any:
+    kind = kind.lower() if type(kind) is str else kind
+    if kind == "int64":
+        return value if type(value) is int else int(value)
+    if kind == "float64":
+        return value if type(value) is float else float(value)
+    if kind == "bool":
+        return value if type(value) is bool else str(value).lower() == "true"
+    if kind == "binary":
+        return base64.b64decode(value) if value else b""
+    return value  # "string", a missing type, or one Jaeger does not define
+
+
+def micros(value: Any) -> int:
+    """Jaeger's microseconds → integer nanoseconds (floats rounded, not truncated)."""
+    if type(value) is int:
+        return value * 1000
+    if isinstance(value, float):
+        return round(value * 1000)
+    if isinstance(value, str):
+        return int(value) * 1000
+    raise TypeError(f"expected microseconds, got {type(value).__name__}")
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    if isinstance(exc, ids.IdError):
+        return f"bad id: {exc}"
+    return f"bad span: {exc}"
