@@ -9,6 +9,13 @@ A detector kind is a module in ``tracelens.detectors`` defining::
     # optional, SCOPE == "trace" only: a vectorized prefilter so analyze does not build
     # a call tree for every trace in the store
     def candidates(store: StoreContext, rule: Rule) -> Iterable[str]   # trace ids
+    # optional: span columns beyond ``analyze.BASE_COLUMNS`` that ``detect``/``candidates``
+    # read from ``StoreContext.spans`` (e.g. "db_statement"; "attributes" is added by itself
+    # when a rule's matcher uses attributes)
+    COLUMNS: tuple[str, ...]
+    # optional: the ``{field}`` names summary/fix templates may use; when given, rule files
+    # are checked against it ("unknown field {p95ms}; did you mean 'p95_ms'?")
+    FIELDS: tuple[str, ...]
 
 ``SCOPE == "trace"`` detectors get a :class:`TraceContext` (one call tree with its critical
 path); ``SCOPE == "store"`` detectors get a :class:`StoreContext` (a polars frame of many
@@ -73,10 +80,12 @@ class TraceContext:
 class StoreContext:
     """Many traces at once, for cross-trace detectors and prefilters.
 
-    ``spans`` has the canonical columns except the JSON ones unless asked for; ``traces`` one row
-    per trace: trace_id, root_service, root_name, start_ns, duration_ns, span_count.
+    ``spans`` has ``analyze.BASE_COLUMNS`` plus the columns detectors declare in ``COLUMNS``
+    and rules' matchers read; ``traces`` one row per trace: trace_id, root_service, root_name,
+    start_ns, duration_ns, span_count (and root_span_id, end_ns, error_count).
     ``trace_context(trace_id)`` builds (and caches) a TraceContext when a detector needs
-    the tree of one trace.
+    the tree of one trace. ``extra["prefetch"](trace_ids)``, when present, reads many traces
+    in one query before a detector asks for their contexts one by one.
     """
 
     spans: pl.DataFrame
