@@ -375,10 +375,16 @@ def test_hotrod_getdriver_calls_are_a_sequential_n_plus_one(corpus) -> None:
     assert not f.details["concurrent"] and f.details["max_in_flight"] == 1
     assert f.details["critical_path_ms"] == pytest.approx(204.087, abs=0.01)
     assert 0.28 < f.impact_share < 0.31
+    # The "1" of the N+1 is named: FindDriverIDs fetched the ids the GetDriver calls walk.
+    assert f.details["first_call"]["name"] == "FindDriverIDs"
+    assert f.details["calls_with_first"] == 14
+    assert "after one FindDriverIDs (14 calls to redis-manual in all)" in f.summary
 
 
 def test_hotrod_route_calls_are_a_concurrent_n_plus_one(corpus) -> None:
     found = {f.resource: f for f in _hotrod(corpus)}
     f = found["GET http://0.0.0.0:8083/route?dropoff=?&pickup=?"]
     assert f.count == 10 and f.details["concurrent"] and f.details["max_in_flight"] == 3
+    # The earlier HTTP call went to another host:port (customer), so it is not the "1".
+    assert f.details["first_call"] is None
     assert len(found) == 2

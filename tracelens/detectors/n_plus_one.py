@@ -25,6 +25,10 @@ Numbers reported (ms):
   the repeats account for. This is the finding's ``impact_ms``;
 - ``saving_ms``: ``critical_path_ms`` minus one typical call (the median duration): the latency
   saved if one batched call, costing about one round trip, replaced them.
+
+The "1" of the N+1 — the earlier call to the same destination that fetched the list — is
+named when present (``first_call``, ``calls_with_first``); it is not counted in ``count``, as
+it cannot be folded into the batch.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from tracelens.detectors.base import impact_share, make_finding
 from tracelens.detectors.intervals import max_in_flight, median, union_ns
@@ -70,6 +75,7 @@ FIELDS = (
     "mode",
     "max_in_flight",
     "interleaved_with",
+    "lead_in",
 )
 SERVER, CLIENT, PRODUCER, CONSUMER = 2, 3, 4, 5
 _CALLER_KINDS = (CLIENT, PRODUCER)
@@ -277,6 +283,35 @@ def interleaved_names(ctx: TraceContext, parent_id: str, calls: list[Span]) -> l
     return sorted(names)
 
 
+def the_one(ctx: TraceContext, parent_id: str, calls: list[Span]) -> Span | None:
+    """The "1" of the N+1: the call that fetched the list the repeats iterate over.
+
+    The parent's last other child to the same service and destination (peer, database system)
+    that ended before the first repeat started — HotROD's ``FindDriverIDs`` before its
+    ``GetDriver`` calls, the ``SELECT … FROM orders`` before the per-order lookups."""
+    first = calls[0]
+    ids = {c.span_id for c in calls}
+    best: Span | None = None
+    for sid in ctx.tree.children(parent_id):
+        span = ctx.tree.spans[sid]
+        if (
+            sid not in ids
+            and span.end_ns <= first.start_ns
+            and span.kind == first.kind
+            and span.service == first.service
+            and _destination(span) == _destination(first)
+            and (best is None or span.end_ns > best.end_ns)
+        ):
+            best = span
+    return best
+
+
+def _destination(span: Span) -> tuple:
+    """Where a call goes: peer and database, and for HTTP the URL's host:port."""
+    netloc = urlsplit(span.http_url).netloc if span.http_url else None
+    return (span.peer, span.db_system, netloc)
+
+
 def _finding(
     ctx: TraceContext, rule: Rule, parent_id: str, key: tuple, calls: list[Span]
 ) -> Finding:
@@ -293,6 +328,13 @@ def _finding(
     service = parent.service if parent else calls[0].service
     resource = describe(key, calls[0], service)
     operation = parent.name if parent else calls[0].name
+    one = the_one(ctx, parent_id, calls)
+    lead_in = ""
+    if one is not None:
+        # HotROD's redis-manual spans carry no peer: the emitting service is the destination.
+        callee = calls[0].service if calls[0].service != service else None
+        destination = calls[0].peer or callee or calls[0].db_system or "it"
+        lead_in = f" after one {one.name} ({len(calls) + 1} calls to {destination} in all)"
     details = {
         "count": len(calls),
         "total_ms": _ms(total),
@@ -306,6 +348,8 @@ def _finding(
         "call_service": calls[0].service,
         "call_name": calls[0].name,
         "distinct_statements": len({c.db_statement or c.http_url or "" for c in calls}),
+        "first_call": None if one is None else {"span_id": one.span_id, "name": one.name},
+        "calls_with_first": len(calls) + (one is not None),
     }
     return make_finding(
         rule,
@@ -329,6 +373,7 @@ def _finding(
             "mode": "concurrent" if in_flight > 1 else "sequential",
             "max_in_flight": in_flight,
             "interleaved_with": ", ".join(interleaved) or "nothing",
+            "lead_in": lead_in,
         },
     )
 
