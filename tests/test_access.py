@@ -100,6 +100,8 @@ def _answers(r: Any) -> dict:
         "scan": r.scan().to_pylist(),
         "cols": r.scan(["trace_id", "db_fingerprint"], trace_ids=some).to_pylist(),
         "window": r.scan(["span_id"], since_ns=t0, until_ns=t0 + 1).to_pylist(),
+        "unordered": sorted(r.scan(["span_id"], ordered=False).column("span_id").to_pylist()),
+        "overlapping": r.overlapping_trace_ids(t0, t0 + 1, 50),
     }
 
 
@@ -149,3 +151,17 @@ def test_state_file_names_the_server_and_goes_away_on_stop(server: ServerProcess
     assert json.loads(state_path(server.db).read_text())["db"] == str(Path(server.db).resolve())
     assert server.terminate() == 0
     assert not state_path(server.db).exists()
+
+
+def test_cli_import_while_served_names_the_server(server: ServerProcess, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tracelens.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "fixtures" / "scenarios" / "slow_query"
+    result = CliRunner().invoke(
+        main, ["import", "--db", str(server.db), str(sample / "traces.otlp.json")]
+    )
+    assert result.exit_code == 1, result.output
+    assert "held by `tracelens serve`" in result.output
+    assert f"pid {server.proc.pid}" in result.output

@@ -200,14 +200,20 @@ class RemoteReader:
         trace_ids: Sequence[str] | None = None,
         since_ns: int | None = None,
         until_ns: int | None = None,
+        ordered: bool = True,
     ) -> pa.Table:
         body = {
             "columns": list(columns) if columns is not None else None,
             "trace_ids": list(trace_ids) if trace_ids is not None else None,
             "since_ns": since_ns,
             "until_ns": until_ns,
+            "ordered": ordered,
         }
         return _table(self._request("POST", "scan", json.dumps(body).encode()))
+
+    def overlapping_trace_ids(self, t0_ns: int, t1_ns: int, limit: int) -> list[str]:
+        query = urlencode({"t0_ns": int(t0_ns), "t1_ns": int(t1_ns), "limit": int(limit)})
+        return list(json.loads(self._request("GET", f"overlapping?{query}")))
 
     # -- transport -------------------------------------------------------------------------------
 

@@ -128,6 +128,7 @@ def import_cmd(
 
     if fmt:
         importers.get(fmt)  # fail on a bad --format before touching the store
+    _refuse_if_served(_db_path(db))
     started = time.perf_counter()
     err = _console(stderr=True)
     with Store(_db_path(db)) as store, _progress(paths, quiet) as on_bytes:
@@ -150,6 +151,19 @@ def import_cmd(
     if report.failed:
         click.echo(f"{len(report.failed)} file(s) failed", err=True)
         sys.exit(1)
+
+
+def _refuse_if_served(db_path: str) -> None:
+    """DuckDB has one writer: while `serve` holds the store, files go in through the server."""
+    from tracelens.access import live_server
+    from tracelens.errors import StoreError
+
+    state = live_server(db_path)
+    if state is not None:
+        raise StoreError(
+            f"{db_path} is held by `tracelens serve` (pid {state.pid}); stop it to import "
+            f"files, or send the spans to it over OTLP (HTTP {state.http}/v1/traces)"
+        )
 
 
 class _progress:

@@ -8,7 +8,8 @@ Each request reads through its own DuckDB cursor and sees only committed spans.
 - ``GET /api/v1/count``: ``{"spans": n, "traces": n}``
 - ``GET /api/v1/traces?service=&operation=&since_ns=&until_ns=&limit=``: ``list_traces``, JSON
 - ``GET /api/v1/traces/<trace id>``: ``get_trace``, Arrow
-- ``POST /api/v1/scan`` with ``{columns, trace_ids, since_ns, until_ns}``: ``scan``, Arrow
+- ``POST /api/v1/scan`` with ``{columns, trace_ids, since_ns, until_ns, ordered}``: ``scan``, Arrow
+- ``GET /api/v1/overlapping?t0_ns=&t1_ns=&limit=``: ``overlapping_trace_ids``, JSON
 """
 
 from __future__ import annotations
@@ -83,12 +84,16 @@ class ReadAPI:
                     return _arrow(store.get_trace(route[len("traces/") :]))
             if route == "scan" and method == "POST":
                 return self._scan(body(MAX_QUERY_BODY))
+            if route == "overlapping" and method == "GET":
+                return self._overlapping(parse_qs(query))
         except (TracelensError, ValueError, TypeError) as exc:
             return _json({"error": str(exc)}, 400)
         except Exception as exc:  # noqa: BLE001 — a DuckDB failure: answer, log, keep serving
             log.exception("read API %s %s failed", method, path)
             return _json({"error": f"the store failed: {exc}"}, 500)
-        known = route in ("health", "count", "traces", "scan") or route.startswith("traces/")
+        known = route in ("health", "count", "traces", "scan", "overlapping") or route.startswith(
+            "traces/"
+        )
         return _json({"error": f"{method} {path} is not allowed"}, 405 if known else 404)
 
     def _list(self, params: dict[str, list[str]]) -> Reply:
@@ -111,7 +116,7 @@ class ReadAPI:
             raise StoreError(f"scan: the request body is not JSON: {exc}") from exc
         if not isinstance(query, dict):
             raise StoreError("scan: the request body must be a JSON object")
-        unknown = set(query) - {"columns", "trace_ids", "since_ns", "until_ns"}
+        unknown = set(query) - {"columns", "trace_ids", "since_ns", "until_ns", "ordered"}
         if unknown:
             raise StoreError(f"scan: unknown fields {sorted(unknown)}")
         with self._view() as store:
@@ -120,8 +125,17 @@ class ReadAPI:
                 trace_ids=query.get("trace_ids"),
                 since_ns=query.get("since_ns"),
                 until_ns=query.get("until_ns"),
+                ordered=bool(query.get("ordered", True)),
             )
         return _arrow(table)
+
+    def _overlapping(self, params: dict[str, list[str]]) -> Reply:
+        try:
+            t0, t1, limit = (int(params[name][-1]) for name in ("t0_ns", "t1_ns", "limit"))
+        except (KeyError, ValueError) as exc:
+            raise StoreError("overlapping: t0_ns, t1_ns and limit must be integers") from exc
+        with self._view() as store:
+            return _json(store.overlapping_trace_ids(t0, t1, limit))
 
 
 def _json(data: Any, status: int = 200) -> Reply:
