@@ -7,16 +7,14 @@ The invalid_* files fail with a message naming the file and the problem, and cha
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
+from corpus_support import manifest_spans
 
 from tracelens.errors import InputFormatError
 from tracelens.ingest import import_paths
 from tracelens.store import Store
-
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
 
 # file -> (spans dropped by the store's (trace_id, span_id) dedupe, why)
 STORE_DEDUPED: dict[str, tuple[int, str]] = {
@@ -60,17 +58,7 @@ INVALID_PROBLEMS = {
 }
 
 
-def _manifest() -> list[tuple[str, int]]:
-    path = CORPUS / "MANIFEST.tsv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        return [
-            (row["relative_path"], int(row["spans"])) for row in csv.DictReader(fh, delimiter="\t")
-        ]
-
-
-MANIFEST = _manifest()
+MANIFEST = list(manifest_spans().items())
 VALID = [(p, n) for p, n in MANIFEST if not Path(p).name.startswith("invalid_")]
 INVALID = [p for p, _ in MANIFEST if Path(p).name.startswith("invalid_")]
 

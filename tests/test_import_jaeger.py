@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 import importlib.util
 import io
@@ -12,7 +11,8 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pytest
-from conftest import CORPUS, REPO
+from conftest import REPO
+from corpus_support import corpus_files, manifest_spans
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,21 +24,6 @@ from tracelens.importers.jsonstream import ArrayStream
 
 DATA = Path(__file__).parent / "data" / "jaeger"
 MODULES = {"jaeger-json": jaeger_json, "jaeger-proto-json": jaeger_proto_json}
-
-
-def corpus_files(fmt: str) -> list[Path]:
-    """Corpus files of one format ([] when the corpus is absent, so collection still works)."""
-    folder = CORPUS / fmt
-    return sorted(folder.glob("*.json")) if folder.is_dir() else []
-
-
-def manifest_spans() -> dict[str, int]:
-    path = CORPUS / "MANIFEST.tsv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t")
-        return {row["relative_path"]: int(row["spans"]) for row in rows}
 
 
 def read_bytes(module, data: bytes, source: str = "test.json") -> pa.Table:

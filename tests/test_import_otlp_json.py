@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import gc
 import io
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from corpus_support import manifest_spans as _manifest_spans
 
 from tracelens.errors import InputFormatError
 from tracelens.importers import otlp_json
@@ -40,12 +40,6 @@ INVALID_EXPECTED = {
 
 def _corpus_files() -> list[Path]:
     return sorted(CORPUS_DIR.glob("*")) if CORPUS_DIR.is_dir() else []
-
-
-def _manifest_spans(corpus: Path) -> dict[str, int]:
-    with open(corpus / "MANIFEST.tsv", newline="") as fh:
-        rows = csv.DictReader(fh, delimiter="\t")
-        return {row["relative_path"]: int(row["spans"]) for row in rows}
 
 
 def _read(path: Path) -> list:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 import io
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from corpus_support import manifest_spans as _manifest
 from receiver_support import export_request, sdk_spans
 
 from tracelens import importers
@@ -21,11 +21,6 @@ PROTO_FILES = sorted((CORPUS / "otlp-proto").glob("*.pb")) if CORPUS.is_dir() el
 OTHER_FILES = sorted(
     p for p in CORPUS.rglob("*") if p.is_file() and p.parent.name not in ("otlp-proto", "corpus")
 ) if CORPUS.is_dir() else []  # fmt: skip
-
-
-def _manifest(corpus: Path) -> dict[str, int]:
-    with open(corpus / "MANIFEST.tsv", newline="") as fh:
-        return {r["relative_path"]: int(r["spans"]) for r in csv.DictReader(fh, delimiter="\t")}
 
 
 def _read(data: bytes, source: str = "mem.pb") -> pa.Table:

@@ -8,37 +8,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from corpus_support import corpus_files, manifest_spans, other_format_files
 
 from tracelens.errors import InputFormatError
 from tracelens.importers import xray, zipkin
 from tracelens.model import Span, SpanKind, StatusCode, spans_from_table
 
 DATA = Path(__file__).resolve().parent / "data" / "zipkin"
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"  # as in conftest.py
-
-
-def corpus_files(subdir: str) -> list[Path]:
-    folder = CORPUS / subdir
-    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-
-
-def manifest_spans() -> dict[str, int]:
-    path = CORPUS / "MANIFEST.tsv"
-    if not path.is_file():
-        return {}
-    rows = (line.split("\t") for line in path.read_text().splitlines()[1:] if line)
-    return {row[0]: int(row[6]) for row in rows}
-
-
-def other_format_files() -> list[Path]:
-    if not CORPUS.is_dir():
-        return []
-    return [
-        p
-        for folder in sorted(CORPUS.iterdir())
-        if folder.is_dir() and folder.name != "zipkin-json"
-        for p in sorted(folder.iterdir())
-    ]
 
 
 def load_table(path: Path) -> pa.Table:
@@ -77,7 +53,9 @@ def test_corpus_file_is_sniffed_as_zipkin_only(corpus: Path, path: Path) -> None
     assert not xray.sniff(head, path.name)
 
 
-@pytest.mark.parametrize("path", other_format_files(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "path", other_format_files("zipkin-json"), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
 def test_other_formats_are_not_sniffed_as_zipkin(corpus: Path, path: Path) -> None:
     assert not zipkin.sniff(path.read_bytes()[: 64 * 1024], path.name)
 
