@@ -4,20 +4,22 @@
     python benchmarks/import_bench.py --mb 50         # quick run
     python benchmarks/import_bench.py --file X.json   # any Jaeger JSON export
 
-Each stage runs in a fresh Python process (so peak RSS is its own) and reports MB/s of input,
-spans/s, wall and CPU seconds and peak RSS:
+Each stage runs in a fresh Python process and reports MB/s of input, spans/s, wall and CPU
+seconds, CPU µs per span and peak RSS:
 
 * ``parse``: the streaming splitter + ``orjson.loads`` of every trace, nothing else (ceiling);
-* ``import``: the importer (``importers.read``) to record batches, no store;
-* ``import+store``: the full import, ``Store.write`` into a fresh DuckDB file under /tmp;
-* ``store only``: ``Store.write`` of batches prepared before the clock starts (not in the
-  full import's process, so the importer's memory does not count in its RSS);
-* ``2-process``: a prototype pipeline, not the product path: a child process runs the importer
-  and streams Arrow IPC to this one, which runs ``Store.write``, so the two overlap. CPU and
-  peak RSS add both processes.
+* ``import``: the importer (``importers.read``) to record batches in one process, no store;
+* ``store only``: ``Store.write`` of batches prepared before the clock starts (their memory is
+  in the RSS; the line under the table says how much);
+* ``import+store, 1 process``: the product path (``ingest.import_paths``) with ``workers=0``;
+* ``import+store``: the product path as ``tracelens import`` runs it: worker processes parse and
+  flatten runs of traces while this process writes to DuckDB.
 
-CPU seconds count every thread of the process (DuckDB's too). The machine is shared: compare
-wall and CPU, and repeat (``--repeat``) when others are busy.
+CPU seconds count every thread of the process and its worker processes (DuckDB's threads too).
+Peak RSS is the largest sum over the process and its workers, sampled every 50 ms (RSS counts
+shared library pages once per process, so the sum overstates a little). The machine is shared:
+each stage prints the load average around it; compare CPU µs/span, and repeat (``--repeat``)
+when others are busy.
 """
 
 from __future__ import annotations
@@ -29,20 +31,56 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("parse", "import", "import+store", "store only", "2-process")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+STAGES = ("parse", "import", "store only", "import+store (1 process)", "import+store")
 
 
 def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # workers, once they are reaped
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+class RssPeak:
+    """Largest RSS of this process plus its children, sampled in a thread."""
+
+    def __init__(self, every_s: float = 0.05) -> None:
+        self.peak = 0
+        self._every = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            import psutil
+        except ImportError:  # without psutil only this process's own peak is known
+            self.peak = max(self.peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10)
+            return
+        me = psutil.Process()
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        self.peak = max(self.peak, total)
 
 
 def _open(path: Path):
@@ -51,36 +89,20 @@ def _open(path: Path):
     return open_source(Source(str(path), path, path.stat().st_size))
 
 
-def run_stage(stage: str, path: Path) -> dict:
+def run_stage(stage: str, path: Path, workers: int | None) -> dict:
     """One measurement, in this process. Returns spans, wall, cpu and peak RSS."""
     from tracelens import importers
-    from tracelens.store import Store
 
     prepared = None
     if stage == "store only":
         with _open(path) as stream:
             prepared = list(importers.read(stream, str(path), "jaeger-json"))
     db = Path(tempfile.mkdtemp(prefix="tracelens-bench-")) / "bench.duckdb"
-    rss_before = _peak_rss_mb()
-    wall, cpu = time.perf_counter(), _cpu()
-    child_rss = 0.0
-    if stage == "2-process":
-        spans, child_rss = _two_process(path, db)
-    elif stage == "parse":
-        spans = _parse_only(path)
-    elif stage == "import":
-        with _open(path) as stream:
-            spans = sum(b.num_rows for b in importers.read(stream, str(path), "jaeger-json"))
-    else:
-        with Store(db) as store:
-            if prepared is not None:
-                spans = store.write(prepared).received
-            else:
-                with _open(path) as stream:
-                    spans = store.write(importers.read(stream, str(path), "jaeger-json")).received
-    wall, cpu = time.perf_counter() - wall, _cpu() - cpu
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu += children.ru_utime + children.ru_stime
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with RssPeak() as rss:
+        wall, cpu = time.perf_counter(), _cpu()
+        spans = _stage_body(stage, path, db, prepared, workers)
+        wall, cpu = time.perf_counter() - wall, _cpu() - cpu
     for leftover in db.parent.iterdir():
         leftover.unlink()
     db.parent.rmdir()
@@ -89,45 +111,26 @@ def run_stage(stage: str, path: Path) -> dict:
         "spans": spans,
         "wall": wall,
         "cpu": cpu,
-        "rss_mb": _peak_rss_mb() + child_rss,
+        "rss_mb": rss.peak / 2**20,
         "rss_before_mb": rss_before,
     }
 
 
-def _two_process(path: Path, db: Path) -> tuple[int, float]:
-    """Importer in a child (Arrow IPC on its stdout), ``Store.write`` here."""
-    import pyarrow as pa
-
+def _stage_body(stage: str, path: Path, db: Path, prepared: list | None, workers: int | None):
+    from tracelens import importers
+    from tracelens.ingest import import_paths
     from tracelens.store import Store
 
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--emit", "--file", str(path)], stdout=subprocess.PIPE
-    )
-    try:
-        with Store(db) as store:
-            spans = store.write(pa.ipc.open_stream(child.stdout)).received
-    finally:
-        child.stdout.close()  # type: ignore[union-attr]
-        try:
-            code = child.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            raise
-    if code:
-        raise SystemExit(f"importer child failed with exit code {code}")
-    return spans, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-
-def _emit(path: Path) -> None:
-    """The child of ``2-process``: import ``path`` and write Arrow IPC to stdout."""
-    import pyarrow as pa
-
-    from tracelens import importers
-    from tracelens.model import SPAN_SCHEMA
-
-    with _open(path) as stream, pa.ipc.new_stream(sys.stdout.buffer, SPAN_SCHEMA) as out:
-        for batch in importers.read(stream, str(path), "jaeger-json"):
-            out.write_batch(batch)
+    if stage == "parse":
+        return _parse_only(path)
+    if stage == "import":
+        with _open(path) as stream:
+            return sum(b.num_rows for b in importers.read(stream, str(path), "jaeger-json"))
+    with Store(db) as store:
+        if stage == "store only":
+            return store.write(prepared).received  # type: ignore[arg-type]
+        count = 0 if stage == "import+store (1 process)" else workers
+        return import_paths(store, [str(path)], "jaeger-json", workers=count).spans
 
 
 def _parse_only(path: Path) -> int:
@@ -146,27 +149,28 @@ def _parse_only(path: Path) -> int:
     return spans
 
 
-def measure(stage: str, path: Path) -> dict:
+def measure(stage: str, path: Path, workers: int | None) -> dict:
     """Run one stage in a fresh interpreter and read its JSON line."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--stage", stage, "--file", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    command = [sys.executable, __file__, "--stage", stage, "--file", str(path)]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    load = os.getloadavg()[0]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=1800)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["load"] = (load, os.getloadavg()[0])
+    return result
 
 
 def table(results: list[dict], size: int) -> str:
     lines = [
-        "| stage | MB/s | spans/s | wall s | CPU s | peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| stage | MB/s | spans/s | wall s | CPU s | CPU µs/span | peak RSS MB | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['stage']} | {size / r['wall'] / 1e6:.1f} | {r['spans'] / r['wall']:,.0f} | "
-            f"{r['wall']:.2f} | {r['cpu']:.2f} | {r['rss_mb']:.0f} |"
+            f"{r['wall']:.2f} | {r['cpu']:.2f} | {r['cpu'] / r['spans'] * 1e6:.1f} | "
+            f"{r['rss_mb']:.0f} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |"
         )
     prepared = [r for r in results if r["stage"] == "store only"]
     if prepared:
@@ -183,14 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", type=Path, help="benchmark this file instead of generating one")
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset")
     parser.add_argument("--repeat", type=int, default=1, help="runs per stage; the best is shown")
+    parser.add_argument("--workers", type=int, help="worker processes (default: tracelens's)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage here
-    parser.add_argument("--emit", action="store_true", help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
-    if args.emit:
-        _emit(args.file)
-        return 0
     if args.stage:
-        print(json.dumps(run_stage(args.stage, args.file)))
+        print(json.dumps(run_stage(args.stage, args.file, args.workers)))
         return 0
     path = args.file
     if path is None:
@@ -204,13 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     size = path.stat().st_size
     results = []
     for stage in args.stages.split(","):
-        runs = [measure(stage.strip(), path) for _ in range(max(1, args.repeat))]
+        runs = [measure(stage.strip(), path, args.workers) for _ in range(max(1, args.repeat))]
         results.append(min(runs, key=lambda r: r["wall"]))
         print(f"{stage}: {results[-1]}", file=sys.stderr)
-    load = os.getloadavg()
+    from tracelens.ingest import default_workers
+
+    workers = default_workers() if args.workers is None else args.workers
     print(
         f"{path.name}: {size / 1e6:.1f} MB, {results[0]['spans']:,} spans, "
-        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}\n"
+        f"{os.cpu_count()} CPUs, {workers} import worker process(es)\n"
     )
     print(table(results, size))
     return 0

@@ -110,8 +110,8 @@ DERIVED = (
     "rpc_method",
 )
 
-# attribute key -> (slot, rank): one dict lookup per attribute instead of ~30 per span; the
-# lowest rank (the newer convention, listed first above) wins when several keys are present.
+# attribute key -> (slot, rank); the lowest rank (the newer convention, listed first above)
+# wins when several keys are present.
 _SLOTS: dict[str, tuple[str, int]] = {}
 for _slot, _keys in (
     ("db_system", DB_SYSTEM_KEYS),
@@ -128,39 +128,66 @@ for _slot, _keys in (
     for _rank, _key in enumerate(_keys):
         _SLOTS[_key] = (_slot, _rank)
 
+# Spans of one kind carry the same attribute keys in the same order, so what derive_row
+# reads is planned once per key tuple: ((slot, candidate keys by rank), …) for the slots that
+# have a candidate. A span then costs a few dict reads instead of a lookup per attribute.
+_Plan = tuple[tuple[str, tuple[str, ...]], ...]
+_PLANS: dict[tuple[str, ...], _Plan] = {}
+_MAX_PLANS = 4096
+_NO_DERIVED = (None,) * (len(DERIVED) - 1)
+
+
+def _plan(keys: tuple[str, ...]) -> _Plan:
+    by_slot: dict[str, list[tuple[int, str]]] = {}
+    for key in keys:
+        slot = _SLOTS.get(key)
+        if slot is not None:
+            by_slot.setdefault(slot[0], []).append((slot[1], key))
+    plan = tuple((slot, tuple(k for _, k in sorted(found))) for slot, found in by_slot.items())
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[keys] = plan
+    return plan
+
 
 def derive_row(attrs: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[Any, ...]:
     """The derived columns for one span, in the order of ``DERIVED`` (the builder's hot path)."""
-    found: dict[str, tuple[int, Any]] = {}
-    slots = _SLOTS
-    for key, value in attrs.items():
-        slot = slots.get(key)
-        if slot is None or value is None or value == "":
-            continue
-        prev = found.get(slot[0])
-        if prev is None or slot[1] < prev[0]:
-            found[slot[0]] = (slot[1], value)
     service = resource.get("service.name")
+    service = str(service) if service else UNKNOWN_SERVICE
+    if not attrs:
+        return (service, *_NO_DERIVED)
+    keys = tuple(attrs)
+    plan = _PLANS.get(keys)
+    if plan is None:
+        plan = _plan(keys)
+    found: dict[str, Any] = {}
+    for slot, candidates in plan:
+        for key in candidates:
+            value = attrs[key]
+            if value is not None and value != "":
+                found[slot] = str(value) if slot != "http_status" else value
+                break
     if not found:
-        return (str(service) if service else UNKNOWN_SERVICE,) + (None,) * 9
+        return (service, *_NO_DERIVED)
     get = found.get
-    db_system = _value(get("db_system"))
-    statement = _value(get("db_statement"))
+    db_system = get("db_system")
+    statement = get("db_statement")
     if statement is None and db_system and db_system.lower() in CACHE_SYSTEMS:
-        statement = _value(get("db_operation"))
-    rpc = _value(get("rpc_method"))
+        statement = get("db_operation")
+    rpc = get("rpc_method")
     if rpc is not None:
-        rpc = f"{_value(get('rpc_service')) or ''}/{rpc}"
+        rpc = f"{get('rpc_service') or ''}/{rpc}"
+    status = get("http_status")
     return (
-        str(service) if service else UNKNOWN_SERVICE,
+        service,
         db_system,
         statement,
-        fingerprint(statement, db_system),
-        _value(get("peer")),
-        _value(get("http_route")),
-        _value(get("http_method")),
-        _value(get("http_url")),
-        _status(get("http_status")),
+        fingerprint(statement, db_system) if statement else None,
+        get("peer"),
+        get("http_route"),
+        get("http_method"),
+        get("http_url"),
+        None if status is None else _status(status),
         rpc,
     )
 
@@ -170,16 +197,12 @@ def derive(attrs: Mapping[str, Any], resource: Mapping[str, Any]) -> dict[str, A
     return dict(zip(DERIVED, derive_row(attrs, resource), strict=True))
 
 
-def _value(found: tuple[int, Any] | None) -> str | None:
-    return None if found is None else str(found[1])
-
-
-def _status(found: tuple[int, Any] | None) -> int | None:
+def _status(value: Any) -> int | None:
     """An HTTP status code, or None when the attribute is not one (the column is int32)."""
-    if found is None or isinstance(found[1], bool):
+    if isinstance(value, bool):
         return None
     try:
-        code = int(found[1])
+        code = int(value)
     except (TypeError, ValueError):
         return None
     return code if 100 <= code <= 999 else None

@@ -1,13 +1,18 @@
 """The DuckDB store: the only module that talks to DuckDB.
 
-Table ``spans`` holds ``model.SPAN_SCHEMA`` plus ``span_key`` (a hash of trace and span id, the
-primary key that makes client retries and re-imports idempotent). An ART index on
-``trace_id`` keeps one-trace lookups O(trace) on a store of tens of millions of spans.
+Table ``spans`` holds ``model.SPAN_SCHEMA`` plus ``span_key`` (a hash of trace and span id).
+An ART index on ``trace_id`` keeps one-trace lookups O(trace) on a store of tens of millions
+of spans, and it is also what makes writes idempotent (client retries, re-imports): a write
+first asks which of its trace ids are stored already (an index probe, or one scan of the
+``trace_id`` column for thousands of ids) and drops the rows whose ``(trace_id, span_id)`` is
+there. That costs half of what a hashed PRIMARY KEY did (every row an ART insert and an
+``INSERT OR IGNORE`` conflict check), which older stores still have and keep using.
 Every value reaches SQL as a parameter; identifiers come only from ``SPAN_SCHEMA``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +26,11 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 DEFAULT_DB = "tracelens.duckdb"
+# Rows per INSERT: each one checks its trace ids against the store (on 10M spans a scan of
+# ≈0.1 s for thousands of ids), so file imports insert in large chunks.
+INSERT_ROWS = 131_072
+LARGE_WRITE_MEMORY = "256MB"  # DuckDB's memory limit while it writes a large file
+_LARGE_WRITE_SETTINGS = ("threads", "memory_limit")  # changed for a large write, then restored
 
 _DUCK_TYPES = {
     "string": "VARCHAR",
@@ -39,7 +49,7 @@ def default_db_path() -> str:
 def _create_table_sql() -> str:
     from tracelens.model import SPAN_SCHEMA
 
-    cols = ["span_key UBIGINT PRIMARY KEY"]
+    cols = ["span_key UBIGINT NOT NULL"]
     for f in SPAN_SCHEMA:
         duck = "JSON" if f.name in _JSON_COLUMNS else _DUCK_TYPES[str(f.type)]
         cols.append(f"{f.name} {duck}{'' if f.nullable else ' NOT NULL'}")
@@ -115,6 +125,13 @@ class Store:
     def _ensure_schema(self) -> None:
         self.con.execute(_create_table_sql())
         self.con.execute("CREATE INDEX IF NOT EXISTS spans_trace_id ON spans (trace_id)")
+        # Stores made before the write path checked trace ids have a hashed PRIMARY KEY.
+        self._keyed = bool(
+            self.con.execute(
+                "SELECT count(*) FROM duckdb_constraints() "
+                "WHERE table_name = 'spans' AND constraint_type = 'PRIMARY KEY'"
+            ).fetchall()[0][0]
+        )
 
     def _check_schema(self) -> None:
         import duckdb
@@ -130,37 +147,87 @@ class Store:
         """Insert all batches in one transaction: all are stored, or none (duplicates skipped).
 
         An exception raised by the ``batches`` iterator (bad input half-way through a file)
-        rolls back everything this call wrote.
+        rolls back everything this call wrote. Of rows sharing ``(trace_id, span_id)`` the
+        first one offered is kept.
         """
         import duckdb
 
-        received = 0
-        before = self.count_spans()
+        received = inserted = 0
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        restore: list[tuple[str, Any]] = []  # settings changed for a large write
         self.con.execute("BEGIN TRANSACTION")
         try:
             for batch in batches:
-                received += batch.num_rows
-                self._insert(batch)
+                if batch.num_rows:
+                    pending.append(batch)
+                    rows += batch.num_rows
+                if rows >= INSERT_ROWS:
+                    if not restore:
+                        restore = self._large_write()
+                    received, inserted = received + rows, inserted + self._insert(pending)
+                    pending, rows = [], 0
+            if pending:
+                received, inserted = received + rows, inserted + self._insert(pending)
             self.con.execute("COMMIT")
         except BaseException as exc:
             self.con.execute("ROLLBACK")
             if isinstance(exc, duckdb.Error):
                 raise StoreError(f"{self.path}: write failed: {exc}") from exc
             raise
-        return WriteStats(received, self.count_spans() - before)
-
-    def _insert(self, batch: pa.RecordBatch) -> None:
-        from tracelens.model import COLUMNS
-
-        cols = ", ".join(COLUMNS)
-        self.con.register("_incoming", batch)
-        try:
-            self.con.execute(
-                f"INSERT OR IGNORE INTO spans (span_key, {cols}) "
-                f"SELECT hash(trace_id, span_id), {cols} FROM _incoming"
-            )
         finally:
-            self.con.unregister("_incoming")
+            self._restore(restore)
+        return WriteStats(received, inserted)
+
+    def _large_write(self) -> list[tuple[str, Any]]:
+        """Settings for a large write (a file import); returns the ones to restore.
+
+        One thread: parallel INSERTs leave a part-filled row group per thread per INSERT, which
+        the checkpoint at close merges again, holding it all in memory; one thread fills whole
+        row groups. A memory limit: DuckDB otherwise keeps the written blocks cached. Measured
+        on 600k spans: 40% less CPU, no checkpoint work, a 40% smaller file, and peak RSS
+        ≈200 MB above the batches instead of ≈500 MB and growing with the file (3.5M spans fit
+        in 330 MB under a 128 MB limit). Small writes (the receiver's group commits) keep
+        DuckDB's defaults, and so do reads after the write.
+        """
+        get = "SELECT current_setting(?)"
+        saved = [(n, self.con.execute(get, [n]).fetchall()[0][0]) for n in _LARGE_WRITE_SETTINGS]
+        self.con.execute("SET threads = 1")
+        self.con.execute("SET memory_limit = ?", [LARGE_WRITE_MEMORY])
+        return saved
+
+    def _restore(self, saved: list[tuple[str, Any]]) -> None:
+        # RESET first: a size read back as text ("18.8 GiB") does not set the same limit again,
+        # and a setting nobody changed is then exactly its default again.
+        for name, value in saved:
+            self.con.execute(f"RESET {name}")
+            if self.con.execute("SELECT current_setting(?)", [name]).fetchall()[0][0] != value:
+                self.con.execute(f"SET {name} = ?", [value])
+
+    def _insert(self, batches: list[pa.RecordBatch]) -> int:
+        """Insert the rows that are new to the store; returns how many.
+
+        The SQL reads Arrow tables from local variables (``_incoming``, ``_stored``: DuckDB's
+        scan of Python variables). Not ``register``: a registered view outlives its
+        ``unregister`` until the transaction ends, and with it every batch of a file.
+        """
+        import pyarrow as pa
+
+        _incoming = pa.Table.from_batches(batches)
+        con = self.con
+        if self._keyed:  # an older store: its PRIMARY KEY skips what is there
+            return int(con.execute(_insert_sql("INSERT OR IGNORE", "")).fetchall()[0][0])
+        _stored = _to_arrow(con.sql(_STORED_SQL))  # usually empty: new traces
+        repeated = con.execute(_REPEATED_SQL).fetchall()[0][0] > 0
+        if not _stored.num_rows and not repeated:
+            return int(con.execute(_insert_sql("INSERT", "")).fetchall()[0][0])
+        if repeated:  # keep the first of rows that share (trace_id, span_id)
+            rows = pa.array(range(_incoming.num_rows), pa.int64())
+            _incoming = _incoming.append_column("_row", rows)
+        tail = "ANTI JOIN _stored USING (trace_id, span_id) " if _stored.num_rows else ""
+        if repeated:
+            tail += "QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY _row) = 1"
+        return int(con.execute(_insert_sql("INSERT", tail)).fetchall()[0][0])
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -243,7 +310,7 @@ class Store:
             self.con,
             (
                 f"SELECT {', '.join(names)} FROM spans {where}"
-            + (" ORDER BY trace_id, start_ns" if ordered else ""),
+                + (" ORDER BY trace_id, start_ns" if ordered else ""),
                 params,
             ),
         )
@@ -262,6 +329,27 @@ class Store:
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         """A read-only SQL query (for the server's read API and power users)."""
         return _arrow(self.con, (sql, list(params)))
+
+
+@functools.cache
+def _insert_sql(verb: str, tail: str) -> str:
+    from tracelens.model import COLUMNS
+
+    cols = ", ".join(COLUMNS)
+    return (
+        f"{verb} INTO spans (span_key, {cols}) "
+        f"SELECT hash(trace_id, span_id), {cols} FROM _incoming {tail}"
+    )
+
+
+# The stored rows of the incoming traces: a semi join, which probes the trace_id index for a few
+# ids and scans the trace_id column for many (≈0.1 s on 10M spans).
+_STORED_SQL = (
+    "SELECT trace_id, span_id FROM spans WHERE trace_id IN (SELECT trace_id FROM _incoming)"
+)
+# Equal (trace_id, span_id) pairs hash alike, so a repeat always shows (a collision only costs
+# the slower insert).
+_REPEATED_SQL = "SELECT count(*) - count(DISTINCT hash(trace_id, span_id)) FROM _incoming"
 
 
 def _time_filter(
@@ -283,9 +371,12 @@ def _time_filter(
 
 
 def _arrow(con: duckdb.DuckDBPyConnection, query: tuple[str, list[Any]]) -> pa.Table:
-    # A relation converts to Arrow without the extra copy a DB-API result makes; DuckDB 2
-    # renamed fetch_arrow_table to to_arrow_table, so accept both.
+    # A relation converts to Arrow without the extra copy a DB-API result makes.
     sql, params = query
-    rel = con.sql(sql, params=params)
+    return _to_arrow(con.sql(sql, params=params))
+
+
+def _to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
+    # DuckDB 2 renamed fetch_arrow_table to to_arrow_table, so accept both.
     fetch = getattr(rel, "to_arrow_table", None) or rel.fetch_arrow_table
     return fetch()

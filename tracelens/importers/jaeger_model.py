@@ -35,6 +35,7 @@ _COLUMN_TAGS = (
     "otel.scope.version",
     "otel.library.version",
 )
+_OTHER_COLUMN_TAGS = frozenset(_COLUMN_TAGS)
 CHILD_OF = "CHILD_OF"
 FOLLOWS_FROM = "FOLLOWS_FROM"
 REF_TYPE_ATTR = "opentracing.ref_type"  # as the Collector names it on links
@@ -100,10 +101,7 @@ def pop_bookkeeping(attrs: dict[str, Any]) -> tuple[int, int, str | None, str | 
     kind = attrs.pop("span.kind", None)
     if kind is not None:
         kind = KINDS.get(kind.lower() if type(kind) is str else kind, 0)
-    for key in _COLUMN_TAGS:
-        if key in attrs:
-            break
-    else:  # the common case: nothing else to take out
+    if _OTHER_COLUMN_TAGS.isdisjoint(attrs):  # the common case: nothing else to take out
         return kind or 0, 0, None, None, None
     status = 0
     message = attrs.pop("otel.status_description", None)

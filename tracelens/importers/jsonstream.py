@@ -22,12 +22,23 @@ Finding where elements end, exactly, at C speed and without a byte-by-byte scan 
 
 Separators (whitespace, one comma) and everything after the array are checked too, so a malformed
 file raises ``InputFormatError`` naming the byte offset.
+
+**Runs** (for parsing in other processes): :meth:`ArrayStream.runs` hands out raw, unparsed runs
+of whole elements cut by the signature alone. Such a cut is proven by the same argument once the
+run parses as ``"[" + run + "]"`` (runs follow each other from the first element, so each starts
+at an element); a consumer that cannot parse one calls :meth:`ArrayStream.rewind` and iterates
+from that run on, which finds the real boundaries or names the error.
 """
 
 from __future__ import annotations
 
+import queue
 import re
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
@@ -41,6 +52,15 @@ _BOM = b"\xef\xbb\xbf"  # a byte order mark before the document (RFC 8259 lets p
 _MIN_WINDOW = 16 << 10
 _MAX_GUESS_FAILURES = 3
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.$@-]{1,64}")
+_MAX_RUN_BYTES = 256 << 20  # a longer element ends the runs (it is parsed in order instead)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Elements ``e1 , e2 , … en`` as raw text, from absolute byte ``offset`` of the input."""
+
+    offset: int
+    data: bytes
 
 
 class ArrayStream:
@@ -75,7 +95,14 @@ class ArrayStream:
         self._signature: tuple[bytes, re.Pattern[bytes]] | None = None
         self._guess = guess
         self._failures = 0
+        self._pos = 0  # where iteration (re)starts in _buf
+        self._index = 0  # the index of the element there
         self._skip(len(prefix))
+
+    @property
+    def position(self) -> int:
+        """Absolute byte offset where iteration would continue."""
+        return self._base + self._pos
 
     # -- buffer ------------------------------------------------------------------------------
 
@@ -121,9 +148,9 @@ class ArrayStream:
     # -- elements ----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[tuple[int, Any]]:
-        index = 0
-        pos, c = self._skip_ws(0)
-        if c == 0x5D:  # ] — an empty array
+        index = self._index
+        pos, c = self._skip_ws(self._pos)
+        if c == 0x5D and index == 0:  # ] — an empty array
             self._finish(pos + 1)
             return
         while True:
@@ -152,6 +179,56 @@ class ArrayStream:
             else:
                 found = _what(c)
                 raise self._error(f"expected ',' or ']' after an array element, found {found}", pos)
+
+    # -- runs for other processes ---------------------------------------------------------------
+
+    def runs(self, size: int) -> Iterator[Run]:
+        """Raw runs of about ``size`` bytes of whole elements (unverified; see the module doc).
+
+        Stops before the last ``size`` bytes of the input, or where no signature is found;
+        iterating this stream then yields the elements after the last run handed out (set the
+        index they start at with :meth:`rewind`).
+        """
+        pos, c = self._skip_ws(self._pos)
+        self._pos = pos
+        if c not in (0x7B, 0x5B) or not self._guess:
+            return
+        self._buf, self._base, self._pos = self._buf[pos:], self._base + pos, 0
+        if self._signature is None:
+            try:  # the signature comes from the first element; refills keep it at 0
+                _, end = self._element_end(0)
+                self._signature = _signature(self._parse(0, end))
+            except InputFormatError:
+                return  # iterating names the problem
+            if self._signature is None:
+                return
+        pos, need = 0, size
+        while need <= _MAX_RUN_BYTES:
+            pos = self._fill(pos, need + _MIN_WINDOW)
+            self._pos = pos
+            if self._eof and len(self._buf) - pos <= need + _MIN_WINDOW:
+                return  # the tail, with the array's end, is read in order
+            cut = self._last_cut(pos + 1, pos + size)
+            if cut is None:
+                cut = self._first_cut(pos + 1, pos + size, len(self._buf))
+            if cut is None:
+                need *= 2  # an element longer than the buffer: read further
+                continue
+            run = Run(self._base + pos, self._buf[pos:cut])
+            pos = self._pos = cut + 1
+            need = size
+            yield run
+
+    def rewind(self, offset: int, index: int, held: bytes) -> None:
+        """Iterate next from the element at absolute byte ``offset``, numbered ``index``.
+
+        ``held`` is the input from ``offset`` to where :meth:`runs` stopped: the runs handed out
+        since, each followed by its comma (``b""`` to go on where the runs stopped).
+        """
+        if offset + len(held) != self.position:
+            raise ValueError("rewind: held bytes do not end where the runs stopped")
+        self._buf = held + self._buf[self._pos :]
+        self._base, self._pos, self._index = offset, 0, index
 
     def _batch(self, pos: int) -> tuple[int, list[Any]] | None:
         """Elements parsed together up to a signature match: the last one within
@@ -259,6 +336,102 @@ class ArrayStream:
         except orjson.JSONDecodeError as exc:
             at = _byte_pos(exc) - len(self.prefix.removeprefix(_BOM)) - 1
             raise self._error(f"invalid JSON after the array: {exc.msg}", max(at, 0)) from exc
+
+
+# --- runs parsed in other processes ---------------------------------------------------------------
+
+RunWork = Callable[[bytes], "tuple[int, Any] | None"]  # run text -> (elements, payload) or None
+Submit = Callable[..., "Future[Any]"]  # a process pool's submit(fn, *args)
+RUN_BYTES = 4 << 20
+RESULT_TIMEOUT_S = 300.0  # one run takes well under a second; a hung worker must not hang us
+_DONE = object()
+
+
+def farm_out(
+    elements: ArrayStream,
+    work: RunWork,
+    submit: Submit,
+    *,
+    run_bytes: int = RUN_BYTES,
+    ahead: int = 4,
+) -> Iterator[Any]:
+    """Payloads of ``work(run)`` for the runs of ``elements``, in input order.
+
+    ``work`` runs in other processes (through ``submit``) and returns ``(elements, payload)``,
+    or None when its run is not a valid run of elements. A thread cuts runs and keeps at most
+    ``ahead`` of them submitted while the caller consumes payloads. At the first failed run
+    (or after the last one) this stops and leaves ``elements`` rewound there, to be iterated
+    in order: the rest is then read here, and a real error is named exactly as without runs.
+    """
+    produced: deque[Run] = deque()  # runs handed out and not yet confirmed, in order
+    handoff: queue.Queue[Any] = queue.Queue(max(1, ahead))
+    stop = threading.Event()
+
+    def feed() -> None:
+        last: Any = _DONE
+        try:
+            for run in elements.runs(run_bytes):
+                produced.append(run)
+                try:
+                    future: Future[Any] | None = submit(work, run.data)
+                except Exception:  # noqa: BLE001 — a broken pool: read the rest in order
+                    future = None
+                if not _put(handoff, future, stop) or future is None:
+                    return
+        except BaseException as exc:  # noqa: BLE001 — handed to the consumer to raise
+            last = exc
+        _put(handoff, last, stop)
+
+    feeder = threading.Thread(target=feed, name="tracelens-runs", daemon=True)
+    feeder.start()
+    index = 0
+    try:
+        while (item := handoff.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            result = _result(item)
+            if result is None:
+                break
+            produced.popleft()
+            index += result[0]
+            yield result[1]
+    finally:
+        stop.set()
+        _cancel_all(handoff)
+        feeder.join()
+        _cancel_all(handoff)
+    offset = produced[0].offset if produced else elements.position
+    elements.rewind(offset, index, b"".join(run.data + b"," for run in produced))
+
+
+def _put(handoff: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            handoff.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _result(future: Future[Any] | None) -> Any:
+    if future is None:
+        return None
+    try:
+        return future.result(timeout=RESULT_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 — a dead worker or a timeout: read this run in order
+        future.cancel()
+        return None
+
+
+def _cancel_all(handoff: queue.Queue[Any]) -> None:
+    while True:
+        try:
+            item = handoff.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, Future):
+            item.cancel()
 
 
 def _signature(first: Any) -> tuple[bytes, re.Pattern[bytes]] | None:
