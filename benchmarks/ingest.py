@@ -12,7 +12,11 @@ in the pre-serialized bytes for every send, so nothing is deduplicated away. Rep
   over the same requests;
 - a second run at half the achieved rate with its latency p50/p99.
 
-    python benchmarks/ingest.py [--seconds 20] [--streams 16] [--channels 4] [--json out.json]
+    python benchmarks/ingest.py [--seconds 20] [--streams 64] [--channels 4] [--json out.json]
+
+Concurrency bounds what a run can show (Little's law): with 500-span requests, 16 calls in
+flight hold 8,000 spans, and a commit of that many takes ~100 ms here, so the default is 64
+(a Collector fanning in many SDKs keeps as many calls in flight).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ STATEMENTS = [
     f"AND o.status = %(status)s ORDER BY o.created_at DESC LIMIT %(limit)s"
     for t in range(40)
 ]
+_SEND_PREFIX = 6  # bytes of an id that name the (stream, send)
 LITERAL_SHARE = 0.1  # statements recorded with literal values (unsanitized instrumentations)
 
 
@@ -134,31 +139,38 @@ def make_request(rng: random.Random) -> bytes:
 
 
 class Template:
-    """A serialized request whose ids are rewritten in place for every send."""
+    """A serialized request whose ids are rewritten for every send.
+
+    Every id is (stream, send) in its first 6 bytes and (slot, constant) after, so the
+    request splits into fixed pieces around those 6 bytes: a send is one ``bytes.join``
+    (the load generator must not take the CPU the server is measured on).
+    """
 
     def __init__(self, data: bytes, request: Any) -> None:
-        self.data = data
-        ids: dict[bytes, list[int]] = {}
+        ids: dict[bytes, None] = {}
         for rs in request.resource_spans:
             for scope in rs.scope_spans:
                 for span in scope.spans:
-                    for raw in (span.trace_id, span.span_id):
-                        ids.setdefault(raw, [])
-        for raw in ids:
+                    ids.setdefault(span.trace_id)
+                    ids.setdefault(span.span_id)
+        places = []  # (offset, width, slot)
+        for slot, raw in enumerate(ids):
             start = data.find(raw)
             while start != -1:
-                ids[raw].append(start)
+                places.append((start, len(raw), slot))
                 start = data.find(raw, start + 1)
-        self.slots = [(len(raw), offsets) for raw, offsets in ids.items()]
+        places.sort()
+        self.pieces, end = [], 0
+        piece = b""
+        for offset, width, slot in places:
+            self.pieces.append(piece + data[end:offset])
+            piece = struct.pack(">HQ", slot + 1, 0x7E1E)[: width - _SEND_PREFIX]
+            end = offset + width
+        self.pieces.append(piece + data[end:])
 
     def fresh(self, send: int, stream: int) -> bytes:
         """The request with ids unique to (stream, send): no two sends share a span id."""
-        buf = bytearray(self.data)
-        for index, (width, offsets) in enumerate(self.slots):
-            value = struct.pack(">HIHQ", stream + 1, send, index + 1, 0x7E1E)[:width]
-            for offset in offsets:
-                buf[offset : offset + width] = value
-        return bytes(buf)
+        return struct.pack(">HI", stream + 1, send).join(self.pieces)
 
 
 def templates(count: int, seed: int = 7) -> list[Template]:
@@ -246,7 +258,8 @@ def run_load(target: str, seconds: float, streams: int, channels: int, rate: flo
 _STARTUP = re.compile(r"OTLP/gRPC (\S+), OTLP/HTTP (https?://[^/\s]+)/v1/traces")  # serve or sink
 
 
-def start_server(db: Path, sink: bool = False) -> tuple[subprocess.Popen, str]:
+def start_server(db: Path, sink: bool = False) -> tuple[subprocess.Popen, str, list[str]]:
+    """The server process, its gRPC target, and the lines it prints after the startup line."""
     command = [sys.executable, "-m", "tracelens.receiver.command", "--db", str(db),
                "--grpc-port", "0", "--http-port", "0"]  # fmt: skip
     if sink:
@@ -257,8 +270,9 @@ def start_server(db: Path, sink: bool = False) -> tuple[subprocess.Popen, str]:
     if not match:
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
-    threading.Thread(target=proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
-    return proc, match.group(1)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
+    return proc, match.group(1), lines
 
 
 class Monitor:
@@ -307,9 +321,9 @@ class CountingSink:
 
 def serve_sink() -> None:
     """``--serve-sink``: the receiver with :class:`CountingSink`, until SIGTERM."""
-    from tracelens.receiver.server import Receiver, ServeConfig, tune_gc
+    from tracelens.receiver.server import Receiver, ServeConfig, tune_runtime
 
-    tune_gc()
+    tune_runtime()
     sink = CountingSink()
     receiver = Receiver(ServeConfig(db="-", grpc_port=0, http_port=0), sink).start()
     stop = threading.Event()
@@ -333,25 +347,35 @@ def count_spans(db: Path) -> int:
 
 
 def ceilings(pool: list[Template], seconds: float = 3.0) -> dict:
-    """Spans/s for ParseFromString alone and for tracelens' decoder, single thread (CPU time)."""
+    """Spans/s on one thread (CPU time) over the same requests: ``ParseFromString`` alone,
+    and tracelens' decoder to Arrow as the server runs it (requests decoded one by one,
+    converted to one record batch per ``len(pool)`` requests, as a group commit does)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
 
+    from tracelens.receiver.columns import Columns
     from tracelens.receiver.decode import Decoder
-    from tracelens.receiver.server import tune_gc
+    from tracelens.receiver.server import tune_runtime
 
-    tune_gc()  # as the server does
+    tune_runtime()  # as the server does
     bodies = [t.fresh(0, 0) for t in pool]
     decoder = Decoder()
+
+    def parse(group: list[bytes]) -> None:
+        for body in group:
+            ExportTraceServiceRequest.FromString(body)
+
+    def decode(group: list[bytes]) -> None:
+        blocks = [block for body in group for block in decoder.decode(body, "bench").blocks]
+        Columns.concat(blocks).to_batch()
+
     out = {}
-    for name, fn in (("parse_only", ExportTraceServiceRequest.FromString),
-                     ("decoder_only", lambda b: decoder.decode(b, "bench"))):  # fmt: skip
+    for name, fn in (("parse_only", parse), ("decoder_only", decode)):
         spans, started = 0, time.process_time()
         while time.process_time() - started < seconds:
-            for body in bodies:
-                fn(body)
-                spans += SPANS_PER_REQUEST
+            fn(bodies)
+            spans += SPANS_PER_REQUEST * len(bodies)
         out[name] = round(spans / (time.process_time() - started))
     return out
 
@@ -400,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--half-seconds", type=float, default=10.0)
-    parser.add_argument("--streams", type=int, default=16, help="concurrent Export calls")
+    parser.add_argument("--streams", type=int, default=64, help="concurrent Export calls")
     parser.add_argument("--channels", type=int, default=4, help="gRPC channels")
     parser.add_argument("--pool", type=int, default=40, help="distinct request templates")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
@@ -412,13 +436,13 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     report: dict = {"machine": {"cpus": os.cpu_count(), "load_avg_before": os.getloadavg()}}
-    report["ceilings"] = ceilings(templates(min(args.pool, 10)))
+    report["ceilings"] = ceilings(templates(min(args.pool, 20)))
     ceiling = report["ceilings"]
     print(f"parse-only {ceiling['parse_only']:,} spans/s, "
           f"decoder-only {ceiling['decoder_only']:,} spans/s (one core)", flush=True)  # fmt: skip
     report["phases"] = []
     if not args.no_sink:
-        sink, target = start_server(Path("-"), sink=True)
+        sink, target, _ = start_server(Path("-"), sink=True)
         try:
             report["phases"].append(
                 _phase("receiver only (no store)", None, target, sink.pid, args, None, 10.0)
@@ -429,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
             sink.wait(60)
     with tempfile.TemporaryDirectory(prefix="tracelens-bench-") as tmp:
         db = Path(tmp) / "bench.duckdb"
-        server, target = start_server(db)
+        server, target, lines = start_server(db)
         try:
             full = _phase("max", db, target, server.pid, args, None, args.seconds)
             _print(full)
@@ -441,6 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
             code = server.wait(120)
         report["phases"] += [full, half]
         report["server_exit_code"] = code
+        time.sleep(0.2)  # the reader thread takes the last lines
+        report["server_stopped"] = next((ln.strip() for ln in lines if "stopped;" in ln), None)
+        print(report["server_stopped"], flush=True)
     report["machine"]["load_avg_after"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -255,3 +255,69 @@ def test_derive_keys_are_exactly_the_attributes_semconv_reads() -> None:
     if slots is None:
         pytest.skip("semconv no longer exposes its key table; the property test still guards")
     assert set(slots) == DERIVE_KEYS
+
+
+# --- the column-wise path and the span-by-span path give the same rows ----------------------
+
+
+def _valid_rows_of(data: bytes, drop: set[tuple[int, int, int]]) -> bytes:
+    """``data`` without the spans at (resource, scope, span) positions ``drop``."""
+    request = ExportTraceServiceRequest.FromString(data)
+    for ri, rs in enumerate(request.resource_spans):
+        for si, ss in enumerate(rs.scope_spans):
+            kept = [s for i, s in enumerate(ss.spans) if (ri, si, i) not in drop]
+            del ss.spans[:]
+            ss.spans.extend(kept)
+    return request.SerializeToString()
+
+
+def _mixed_request() -> bytes:
+    """Three resources × two scopes; scope (1, 0) holds an invalid span, scope (2, 1) a span
+    without an end time (normalized span by span), the others go column-wise."""
+    request = export_request(sdk_spans(36))
+    base = request.resource_spans[0]
+    for copy in range(2):
+        rs = request.resource_spans.add()
+        rs.CopyFrom(base)
+        rs.resource.attributes[0].value.string_value = f"svc-{copy}"
+    for rs in request.resource_spans:
+        extra = rs.scope_spans.add()
+        extra.CopyFrom(rs.scope_spans[0])
+        extra.scope.name = "second"
+    request.resource_spans[1].scope_spans[0].spans[2].span_id = bytes(8)
+    request.resource_spans[2].scope_spans[1].spans[3].end_time_unix_nano = 0
+    return request.SerializeToString()
+
+
+def test_scopes_decoded_span_by_span_match_the_reference() -> None:
+    data = _mixed_request()
+    out = Decoder().decode(data, "mixed")
+    assert out.rejected == ["resource_spans[1].scope_spans[0].spans[2]: span_id is all zeros"]
+    table = pa.Table.from_batches(out.batches, schema=SPAN_SCHEMA)
+    assert table.equals(_reference(_valid_rows_of(data, {(1, 0, 2)})))
+
+
+def test_blocks_split_at_batch_rows_and_keep_the_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracelens.receiver import decode as decode_module
+
+    monkeypatch.setattr(decode_module, "BATCH_ROWS", 40)
+    data = export_request(sdk_spans(150)).SerializeToString()
+    request = ExportTraceServiceRequest.FromString(data)
+    scope = request.resource_spans[0].scope_spans[0]
+    spans = list(scope.spans)
+    del scope.spans[:]
+    for start in range(0, len(spans), 30):  # scopes of 30 spans: blocks of 60 rows
+        added = request.resource_spans[0].scope_spans.add()
+        added.scope.CopyFrom(scope.scope)
+        added.spans.extend(spans[start : start + 30])
+    data = request.SerializeToString()
+    out = Decoder().decode(data, "t")
+    assert [block.num_rows for block in out.blocks] == [60, 60, 30]
+    assert pa.Table.from_batches(out.batches, schema=SPAN_SCHEMA).equals(_reference(data))
+
+
+def test_undecodable_event_rejects_only_that_span() -> None:
+    lean = LeanRequest.FromString(_request({}, {"span_id": SPAN[::-1]}))
+    lean.resource_spans[0].scope_spans[0].spans[1].events.append(b"\x12\x05ab")  # name cut short
+    out = Decoder().decode(lean.SerializeToString(), "req")
+    assert out.accepted == 1 and "undecodable events[0]" in out.rejected[0]

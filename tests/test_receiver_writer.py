@@ -170,3 +170,104 @@ def test_duplicates_are_stored_once_within_and_across_commits(tmp_path: Path) ->
         writer.close(10)
         assert real.count_spans() == 20
         assert writer.stats.spans == 120 and writer.stats.inserted == 20
+
+
+# --- decoder blocks, lingering, the convert/commit pipeline, the event-loop side ------------
+
+
+def _blocks(n: int, name: str = "op") -> list:
+    spans = sdk_spans(n)
+    request = export_request(spans)
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                s.name = name
+    return Decoder().decode(request.SerializeToString(), "test").blocks
+
+
+def test_decoder_blocks_are_stored_like_batches(tmp_path: Path) -> None:
+    with Store(tmp_path / "blocks.duckdb") as real:
+        writer = Writer(real).start()
+        blocks = _blocks(12)
+        writer.consume(blocks)
+        writer.close(10)
+        stored = real.scan(ordered=False).sort_by([("span_id", "ascending")])
+        expected = pa.Table.from_batches([b.to_batch() for b in blocks])
+        assert stored.to_pylist() == expected.sort_by([("span_id", "ascending")]).to_pylist()
+
+
+def test_a_lone_request_waits_at_most_the_linger(store: FakeStore) -> None:
+    writer = Writer(store, linger_s=0.3, min_commit_spans=1_000).start()  # type: ignore[arg-type]
+    try:
+        first, first_outcome = _in_thread(writer, _batch(2))
+        time.sleep(0.1)
+        second, second_outcome = _in_thread(writer, _batch(3))
+        started = time.monotonic()
+        for thread in (first, second):
+            thread.join(5)
+        assert first_outcome == second_outcome == ["ok"]
+        assert store.commits == [5]  # the second arrived within the first's linger
+        assert time.monotonic() - started < 2
+    finally:
+        writer.close(10)
+
+
+def test_enough_queued_spans_commit_without_lingering(store: FakeStore) -> None:
+    writer = Writer(store, linger_s=30, min_commit_spans=4).start()  # type: ignore[arg-type]
+    try:
+        thread, outcome = _in_thread(writer, _batch(5))
+        thread.join(5)
+        assert outcome == ["ok"] and store.commits == [5]
+    finally:
+        writer.close(10)
+
+
+def test_the_next_group_is_converted_while_a_commit_runs(store: FakeStore) -> None:
+    writer = Writer(store, min_commit_spans=10).start()  # type: ignore[arg-type]
+    try:
+        store.gate.clear()
+        first, _ = _in_thread(writer, _blocks(5))
+        assert store.entered.wait(5)
+        waiting = [_in_thread(writer, _blocks(5)) for _ in range(2)]
+        deadline = time.monotonic() + 5
+        while writer.stats.convert_seconds == 0 or writer._handoff is None:
+            assert time.monotonic() < deadline, "the queued group was not converted"
+            time.sleep(0.01)
+        assert store.commits == []  # converted while the first commit is still held
+        store.gate.set()
+        for thread, _ in [(first, None), *waiting]:
+            thread.join(5)
+        assert all(outcome == ["ok"] for _, outcome in waiting)
+        assert store.commits == [5, 10]
+    finally:
+        store.gate.set()
+        writer.close(10)
+
+
+def test_consume_async_acknowledges_after_the_commit(store: FakeStore) -> None:
+    import asyncio
+
+    writer = Writer(store, linger_s=0).start()  # type: ignore[arg-type]
+    try:
+        asyncio.run(writer.consume_async(_blocks(4)))
+        assert store.commits == [4]
+        store.poison = {"bad"}
+        with pytest.raises(ExportFault) as fault:
+            asyncio.run(writer.consume_async(_blocks(3, "bad")))
+        assert fault.value.condition is Condition.COMMIT_FAILED
+    finally:
+        writer.close(10)
+
+
+def test_consume_async_that_waits_too_long_is_answered_retryable(store: FakeStore) -> None:
+    import asyncio
+
+    writer = Writer(store, ack_timeout_s=0.2).start()  # type: ignore[arg-type]
+    try:
+        store.gate.clear()
+        with pytest.raises(ExportFault) as fault:
+            asyncio.run(writer.consume_async(_blocks(2)))
+        assert fault.value.condition is Condition.OVERLOADED
+    finally:
+        store.gate.set()
+        writer.close(10)

@@ -1,17 +1,19 @@
 """The OTLP export handler: body → span batches → the next consumer → response.
 
-Both transports call :func:`export`; it knows nothing about sockets. The store's writer is
-one :class:`SpanConsumer`; tests pass an in-memory sink.
+OTLP/HTTP calls :func:`export` from its request threads, OTLP/gRPC :func:`export_async` from
+its event loop; neither knows about sockets. The store's writer is one
+:class:`SpanConsumer`; tests pass an in-memory sink.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tracelens.errors import InputFormatError
 from tracelens.receiver.status import Condition, ExportFault
@@ -27,6 +29,9 @@ _MESSAGES_SHOWN = 5  # rejected-span messages quoted in a partial-success answer
 
 
 class SpanConsumer(Protocol):
+    """Takes record batches of ``SPAN_SCHEMA``; one whose ``takes_columns`` is true also
+    takes the decoder's unconverted ``receiver.columns.Columns`` blocks in their place."""
+
     def consume(self, batches: list[pa.RecordBatch]) -> None:
         """Return once the spans are durable; raise ``ExportFault`` when they cannot be."""
 
@@ -78,29 +83,63 @@ def export(
     budget: Budget | None = None,
 ) -> ExportResult:
     """Decode one ``ExportTraceServiceRequest`` and hand its valid spans to ``consumer``."""
+    with _faults(source), budget.hold(len(body)) if budget is not None else nullcontext():
+        batches, accepted, rejected = _decode(body, encoding, source, consumer)
+        if accepted:
+            consumer.consume(batches)
+    return ExportResult(accepted, len(rejected), _summary(rejected, accepted))
+
+
+async def export_async(
+    body: bytes,
+    encoding: str,
+    consumer: SpanConsumer,
+    source: str,
+    budget: Budget | None = None,
+) -> ExportResult:
+    """:func:`export` for an event loop: decodes in the loop's thread, awaits the commit.
+
+    A consumer with ``consume_async`` (the writer) is awaited; any other consumer runs in
+    the loop's default executor.
+    """
+    with _faults(source), budget.hold(len(body)) if budget is not None else nullcontext():
+        batches, accepted, rejected = _decode(body, encoding, source, consumer)
+        if accepted:
+            consume_async = getattr(consumer, "consume_async", None)
+            if consume_async is not None:
+                await consume_async(batches)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, consumer.consume, batches)
+    return ExportResult(accepted, len(rejected), _summary(rejected, accepted))
+
+
+@contextmanager
+def _faults(source: str) -> Iterator[None]:
+    """Undecodable bytes and bugs as the table's conditions; ``ExportFault`` passes."""
     try:
-        with budget.hold(len(body)) if budget is not None else nullcontext():
-            try:
-                batches, accepted, rejected = _decode(body, encoding, source)
-            except InputFormatError as exc:
-                raise ExportFault(Condition.UNDECODABLE, str(exc)) from exc
-            if accepted:
-                consumer.consume(batches)
+        yield
     except ExportFault:
         raise
+    except InputFormatError as exc:
+        raise ExportFault(Condition.UNDECODABLE, str(exc)) from exc
     except Exception as exc:
         log.exception("%s: export failed", source)
         problem = f"internal error ({type(exc).__name__}); see the tracelens log"
         raise ExportFault(Condition.INTERNAL, problem) from exc
-    return ExportResult(accepted, len(rejected), _summary(rejected, accepted))
 
 
-def _decode(body: bytes, encoding: str, source: str) -> tuple[list[pa.RecordBatch], int, list[str]]:
+def _decode(
+    body: bytes, encoding: str, source: str, consumer: SpanConsumer
+) -> tuple[list[Any], int, list[str]]:
+    """(batches or, for a consumer that takes them, unconverted column blocks; accepted
+    span count; rejected-span messages)."""
     if encoding == PROTOBUF:
         from tracelens.receiver.decode import decode
 
         decoded = decode(body, source)
-        return decoded.batches, decoded.accepted, decoded.rejected
+        items = decoded.blocks if getattr(consumer, "takes_columns", False) else decoded.batches
+        return items, decoded.accepted, decoded.rejected
     from tracelens.importers.otlp_json import convert_document, parse_bytes
     from tracelens.model import SpanBatchBuilder
 
