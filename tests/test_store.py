@@ -134,3 +134,24 @@ def test_reopen_keeps_data_and_json_columns_are_queryable(db_path: Path) -> None
     with Store(db_path, read_only=True) as s:
         got = s.query("SELECT attributes->>'db.system' AS sys FROM spans LIMIT 1").to_pylist()
         assert got == [{"sys": "postgresql"}]
+
+
+def test_get_trace_spans_equals_the_arrow_path(store: Store) -> None:
+    store.write([_batch("ab" * 16, 4, error_at=2)])
+    assert store.get_trace_spans("AB" * 16) == spans_from_table(store.get_trace("ab" * 16))
+    assert store.get_trace_spans("cd" * 16) == []
+
+
+def test_explain_does_not_import_pyarrow(db_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with Store(db_path) as s:
+        s.write([_batch("ab" * 16, 3)])
+    code = (
+        "import sys; from tracelens.store import Store; from tracelens.explain import explain;"
+        f"explain(Store({str(db_path)!r}, read_only=True), {'ab' * 16!r}, with_findings=False);"
+        "print('pyarrow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -100,13 +100,12 @@ def explain(
 ) -> Explanation:
     """Load one trace and explain it. Raises TraceNotFoundError for an unknown id."""
     from tracelens import calltree, critical_path
-    from tracelens.model import spans_from_table
 
     trace_id = trace_id.strip().lower()
-    table = reader.get_trace(trace_id)
-    if table.num_rows == 0:
+    spans = _load_spans(reader, trace_id)
+    if not spans:
         raise TraceNotFoundError(trace_id)
-    tree = calltree.build(spans_from_table(table))
+    tree = calltree.build(spans)
     segments = critical_path.critical_path(tree)
     self_time = critical_path.self_time(tree, path=segments)
     result = Explanation(
@@ -121,6 +120,16 @@ def explain(
     if with_findings:
         result.findings = _findings(reader, trace_id, tree, rules)
     return result
+
+
+def _load_spans(reader: Any, trace_id: str) -> list[Any]:
+    # A local store hands rows over without Arrow (pyarrow's import is most of a cold start).
+    direct = getattr(reader, "get_trace_spans", None)
+    if direct is not None:
+        return direct(trace_id)
+    from tracelens.model import spans_from_table
+
+    return spans_from_table(reader.get_trace(trace_id))
 
 
 def _path_steps(segments: list[Any]) -> list[PathStep]:

@@ -13,12 +13,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import pyarrow as pa
 
 from tracelens.semconv import DERIVED, derive_row
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class SpanKind(IntEnum):
@@ -38,40 +40,39 @@ class StatusCode(IntEnum):
 
 DERIVED_COLUMNS = DERIVED  # the trailing columns, computed from attributes at ingest
 
-SPAN_SCHEMA = pa.schema(
-    [
-        pa.field("trace_id", pa.string(), nullable=False),
-        pa.field("span_id", pa.string(), nullable=False),
-        pa.field("parent_span_id", pa.string()),  # null for a root
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("kind", pa.int8(), nullable=False),
-        pa.field("start_ns", pa.int64(), nullable=False),
-        pa.field("end_ns", pa.int64(), nullable=False),
-        pa.field("duration_ns", pa.int64(), nullable=False),
-        pa.field("status_code", pa.int8(), nullable=False),
-        pa.field("status_message", pa.string()),
-        pa.field("follows_from", pa.bool_(), nullable=False),  # parent link is not blocking
-        pa.field("trace_state", pa.string()),
-        pa.field("scope_name", pa.string()),
-        pa.field("scope_version", pa.string()),
-        pa.field("attributes", pa.string()),  # JSON object
-        pa.field("resource_attributes", pa.string()),  # JSON object
-        pa.field("events", pa.string()),  # JSON [{"time_ns", "name", "attributes"}]
-        pa.field("links", pa.string()),  # JSON [{"trace_id", "span_id", "attributes"}]
-        pa.field("service", pa.string(), nullable=False),
-        pa.field("db_system", pa.string()),
-        pa.field("db_statement", pa.string()),
-        pa.field("db_fingerprint", pa.string()),
-        pa.field("peer", pa.string()),
-        pa.field("http_route", pa.string()),
-        pa.field("http_method", pa.string()),
-        pa.field("http_url", pa.string()),
-        pa.field("http_status", pa.int32()),
-        pa.field("rpc_method", pa.string()),
-    ]
+# (name, pyarrow type, nullable). The schema itself is built on first use: importing pyarrow
+# costs ~150 ms, and `explain` reads a trace without it.
+_FIELDS: tuple[tuple[str, str, bool], ...] = (
+    ("trace_id", "string", False),
+    ("span_id", "string", False),
+    ("parent_span_id", "string", True),  # null for a root
+    ("name", "string", False),
+    ("kind", "int8", False),
+    ("start_ns", "int64", False),
+    ("end_ns", "int64", False),
+    ("duration_ns", "int64", False),
+    ("status_code", "int8", False),
+    ("status_message", "string", True),
+    ("follows_from", "bool_", False),  # parent link is not blocking
+    ("trace_state", "string", True),
+    ("scope_name", "string", True),
+    ("scope_version", "string", True),
+    ("attributes", "string", True),  # JSON object
+    ("resource_attributes", "string", True),  # JSON object
+    ("events", "string", True),  # JSON [{"time_ns", "name", "attributes"}]
+    ("links", "string", True),  # JSON [{"trace_id", "span_id", "attributes"}]
+    ("service", "string", False),
+    ("db_system", "string", True),
+    ("db_statement", "string", True),
+    ("db_fingerprint", "string", True),
+    ("peer", "string", True),
+    ("http_route", "string", True),
+    ("http_method", "string", True),
+    ("http_url", "string", True),
+    ("http_status", "int32", True),
+    ("rpc_method", "string", True),
 )
-
-COLUMNS = tuple(SPAN_SCHEMA.names)
+COLUMNS = tuple(name for name, _, _ in _FIELDS)
 assert COLUMNS[-len(DERIVED_COLUMNS) :] == DERIVED_COLUMNS, "derived columns must come last"
 _EMPTY_OBJ = "{}"
 _EMPTY_LIST = "[]"
@@ -187,8 +188,36 @@ class SpanBatchBuilder:
         return self.flush() if len(self._rows) >= self.batch_size else None
 
 
+def span_schema() -> pa.Schema:
+    """The canonical Arrow schema (``SPAN_SCHEMA``), built once."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        import pyarrow as pa
+
+        _SCHEMA = pa.schema(
+            [
+                pa.field(name, getattr(pa, typ)(), nullable=nullable)
+                for name, typ, nullable in _FIELDS
+            ]
+        )
+    return _SCHEMA
+
+
+_SCHEMA: pa.Schema | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # `from tracelens.model import SPAN_SCHEMA` keeps working, without an eager pyarrow import.
+    if name == "SPAN_SCHEMA":
+        return span_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def rows_to_batch(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
     """Row tuples in ``SPAN_SCHEMA`` order → one record batch."""
+    import pyarrow as pa
+
+    SPAN_SCHEMA = span_schema()
     columns = zip(*rows, strict=True)
     arrays = [pa.array(col, type=f.type) for col, f in zip(columns, SPAN_SCHEMA, strict=True)]
     return pa.RecordBatch.from_arrays(arrays, schema=SPAN_SCHEMA)
@@ -246,6 +275,22 @@ class Span:
 
 
 _SPAN_FIELDS = tuple(f for f in Span.__slots__ if f not in ("attributes", "events"))  # type: ignore[attr-defined]
+
+
+def spans_from_rows(
+    rows: Sequence[tuple[Any, ...]], columns: Sequence[str] = COLUMNS
+) -> list[Span]:
+    """Stored rows as tuples (a DuckDB ``fetchall``) → ``Span`` objects, no Arrow involved."""
+    index = {name: i for i, name in enumerate(columns)}
+    picks = [(name, index[name]) for name in _SPAN_FIELDS]
+    attrs_at, events_at = index["attributes"], index["events"]
+    out = []
+    for row in rows:
+        kwargs = {name: row[i] for name, i in picks}
+        kwargs["attributes"] = orjson.loads(row[attrs_at]) if row[attrs_at] else {}
+        kwargs["events"] = orjson.loads(row[events_at]) if row[events_at] else []
+        out.append(Span(**kwargs))
+    return out
 
 
 def spans_from_table(table: pa.Table | pa.RecordBatch) -> list[Span]:

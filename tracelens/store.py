@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
+    from tracelens.model import Span
+
 DEFAULT_DB = "tracelens.duckdb"
 # Rows per INSERT: each one checks its trace ids against the store (on 10M spans a scan of
 # ≈0.1 s for thousands of ids), so file imports insert in large chunks.
@@ -250,6 +252,17 @@ class Store:
                 [trace_id.lower()],
             ),
         )
+
+    def get_trace_spans(self, trace_id: str) -> list[Span]:
+        """One trace as ``Span`` objects straight from DuckDB rows: ``explain``'s cold path,
+        which then never imports pyarrow."""
+        from tracelens.model import COLUMNS, spans_from_rows
+
+        rows = self.con.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id",
+            [trace_id.lower()],
+        ).fetchall()
+        return spans_from_rows(rows)
 
     def list_traces(
         self,
