@@ -171,6 +171,10 @@ class Workers:
 
 def serve_jobs() -> None:
     """A worker process's loop: pickled ``(fn, args)`` in on stdin, ``(ok, result)`` out."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent
+    # rolls back and closes our stdin, which ends this loop
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the channel
     while True:
