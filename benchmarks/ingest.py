@@ -276,37 +276,68 @@ def start_server(db: Path, sink: bool = False) -> tuple[subprocess.Popen, str, l
 
 
 class Monitor:
-    """Server CPU seconds and RSS, sampled every 0.5 s in a thread."""
+    """CPU seconds and RSS of the server and its decode workers, sampled every 0.5 s."""
 
     def __init__(self, pid: int) -> None:
         import psutil
 
         self.process = psutil.Process(pid)
-        self.rss: list[int] = []
+        self.rss: list[int] = []  # server + workers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
+    def _processes(self) -> list[Any]:
+        return [self.process, *self.process.children(recursive=True)]
+
+    def _cpu(self) -> dict[int, float]:
+        out = {}
+        for proc in self._processes():
+            try:
+                times = proc.cpu_times()
+            except Exception:  # noqa: BLE001 — a worker that just exited
+                continue
+            out[proc.pid] = times.user + times.system
+        return out
+
     def __enter__(self) -> Monitor:
-        times = self.process.cpu_times()
-        self.cpu0, self.t0 = times.user + times.system, time.monotonic()
+        self.cpu0, self.t0 = self._cpu(), time.monotonic()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        times = self.process.cpu_times()
-        self.cores = (times.user + times.system - self.cpu0) / (time.monotonic() - self.t0)
+        cpu = self._cpu()
+        used = sum(seconds - self.cpu0.get(pid, 0.0) for pid, seconds in cpu.items())
+        self.cores = used / (time.monotonic() - self.t0)
+        self.worker_cores = sum(
+            seconds - self.cpu0.get(pid, 0.0)
+            for pid, seconds in cpu.items()
+            if pid != self.process.pid
+        ) / (time.monotonic() - self.t0)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
-            self.rss.append(self.process.memory_info().rss)
+            total = 0
+            for proc in self._processes():
+                try:
+                    total += proc.memory_info().rss
+                except Exception:  # noqa: BLE001 — a worker that just exited
+                    continue
+            self.rss.append(total)
 
     def peak_kib(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        """Peak RSS (VmHWM) of the server plus its decode workers."""
+        total = 0
+        for proc in self._processes():
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        return total
 
 
 class CountingSink:
@@ -321,11 +352,17 @@ class CountingSink:
 
 def serve_sink() -> None:
     """``--serve-sink``: the receiver with :class:`CountingSink`, until SIGTERM."""
-    from tracelens.receiver.server import Receiver, ServeConfig, tune_runtime
+    from tracelens.receiver.server import (
+        Receiver,
+        ServeConfig,
+        default_decode_workers,
+        tune_runtime,
+    )  # fmt: skip
 
     tune_runtime()
     sink = CountingSink()
-    receiver = Receiver(ServeConfig(db="-", grpc_port=0, http_port=0), sink).start()
+    config = ServeConfig(db="-", grpc_port=0, http_port=0, decode_workers=default_decode_workers())
+    receiver = Receiver(config, sink).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"sink: OTLP/gRPC {receiver.grpc_target}, OTLP/HTTP {receiver.http_url}/v1/traces",
@@ -413,7 +450,8 @@ def _phase(label: str, db: Path | None, target: str, pid: int, args: argparse.Na
         "export_p50_ms": round(_percentile(lat, 0.50), 1),
         "export_p99_ms": round(_percentile(lat, 0.99), 1),
         "errors": result["errors"],
-        "server_cores": round(monitor.cores, 2),
+        "server_cores": round(monitor.cores, 2),  # decode workers included
+        "worker_cores": round(monitor.worker_cores, 2),
         "server_rss_peak_mib": round(monitor.peak_kib() / 1024),
         "server_rss_last_mib": round((monitor.rss[-1] if monitor.rss else 0) / 2**20),
         "wall_s": round(elapsed, 1),
@@ -479,7 +517,8 @@ def _print(phase: dict) -> None:
         f"[{phase['phase']}] durable {phase['durable_spans_per_s']:,} spans/s "
         f"({phase['durable_spans']:,} in {phase['seconds']} s; acked {phase['acked_spans']:,}), "
         f"Export p50 {phase['export_p50_ms']} ms p99 {phase['export_p99_ms']} ms, "
-        f"errors {phase['errors'] or 'none'}, server {phase['server_cores']} cores, "
+        f"errors {phase['errors'] or 'none'}, server {phase['server_cores']} cores "
+        f"({phase['worker_cores']} in decode workers), "
         f"RSS peak {phase['server_rss_peak_mib']} MiB (last {phase['server_rss_last_mib']} MiB)",
         flush=True,
     )

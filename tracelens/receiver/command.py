@@ -61,6 +61,13 @@ def _default_db() -> str:
     help="Spans waiting for a commit before requests are refused as retryable (default 100000).",
 )
 @click.option(
+    "--decode-workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Processes decoding OTLP/gRPC requests (default: CPUs - 1, at most 4; 0 = in the "
+    "server process).",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
@@ -86,6 +93,7 @@ def serve(
     http_port: int,
     max_request_bytes: int,
     max_pending_spans: int | None,
+    decode_workers: int | None,
     tls_cert: str | None,
     tls_key: str | None,
     auth_token_file: str | None,
@@ -93,7 +101,7 @@ def serve(
     """Receive OTLP traces (gRPC :4317, HTTP :4318) into the store until Ctrl-C/SIGTERM."""
     from tracelens.errors import TracelensError
     from tracelens.receiver.auth import load_token
-    from tracelens.receiver.server import ServeConfig, run
+    from tracelens.receiver.server import ServeConfig, default_decode_workers, run
 
     try:
         config = ServeConfig(
@@ -107,6 +115,7 @@ def serve(
             token=load_token(auth_token_file),
             token_file=auth_token_file,
             max_pending_spans=max_pending_spans,
+            decode_workers=default_decode_workers() if decode_workers is None else decode_workers,
         )
         code = run(config)
     except TracelensError as exc:

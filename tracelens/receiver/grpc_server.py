@@ -5,11 +5,12 @@ decoder and get ``INVALID_ARGUMENT`` with a ``google.rpc.Status``, and the decod
 the bytes once. gRPC itself enforces the size limit on the decompressed message
 (``RESOURCE_EXHAUSTED``) and handles gzip.
 
-The server is gRPC's asyncio server on one event-loop thread: a request decodes in that
-thread and then awaits its group commit without holding a thread. (The thread-per-request
-server spent its CPU switching 64 threads that all want the GIL: its poller thread, which
-starts every call, waited a switch interval each time, and ingest stalled at a fraction of
-what the decoder does.)
+The server is gRPC's asyncio server on one event-loop thread: a request is decoded by a
+worker process (``receiver.pool``; or in the loop's thread without one) and then awaits its
+group commit without holding a thread. (The thread-per-request server spent its CPU
+switching 64 threads that all want the GIL: its poller thread, which starts every call,
+waited a switch interval each time, and ingest stalled at a fraction of what the decoder
+does.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tracelens.receiver.status import STATUS, Condition, ExportFault, retry_info
 if TYPE_CHECKING:
     from tracelens.receiver.auth import TokenCheck
     from tracelens.receiver.handler import SpanConsumer
+    from tracelens.receiver.pool import DecodePool
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +43,23 @@ class TraceService:
     """The Export method: auth, decode, hand to the consumer, answer."""
 
     def __init__(
-        self, consumer: SpanConsumer, tokens: TokenCheck, budget: handler.Budget | None = None
+        self,
+        consumer: SpanConsumer,
+        tokens: TokenCheck,
+        budget: handler.Budget | None = None,
+        pool: DecodePool | None = None,
     ) -> None:
         self.consumer = consumer
         self.tokens = tokens
         self.budget = budget
+        self.pool = pool
         self.draining = False
 
     async def export(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             self._check(context)
             result = await handler.export_async(
-                request, handler.PROTOBUF, self.consumer, _source(context), self.budget
+                request, handler.PROTOBUF, self.consumer, _source(context), self.budget, self.pool
             )
         except ExportFault as fault:
             await _abort(context, fault.condition, fault.message)  # raises

@@ -21,6 +21,8 @@ from tracelens.receiver.status import Condition, ExportFault
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from tracelens.receiver.pool import DecodePool
+
 log = logging.getLogger(__name__)
 
 PROTOBUF = "protobuf"
@@ -96,14 +98,20 @@ async def export_async(
     consumer: SpanConsumer,
     source: str,
     budget: Budget | None = None,
+    pool: DecodePool | None = None,
 ) -> ExportResult:
-    """:func:`export` for an event loop: decodes in the loop's thread, awaits the commit.
+    """:func:`export` for an event loop: decodes protobuf in ``pool``'s worker processes
+    (else in the loop's thread) and awaits the commit.
 
     A consumer with ``consume_async`` (the writer) is awaited; any other consumer runs in
     the loop's default executor.
     """
     with _faults(source), budget.hold(len(body)) if budget is not None else nullcontext():
-        batches, accepted, rejected = _decode(body, encoding, source, consumer)
+        if pool is not None and encoding == PROTOBUF:
+            decoded = await pool.decode(body, source)
+            batches, accepted, rejected = decoded.batches, decoded.accepted, decoded.rejected
+        else:
+            batches, accepted, rejected = _decode(body, encoding, source, consumer)
         if accepted:
             consume_async = getattr(consumer, "consume_async", None)
             if consume_async is not None:

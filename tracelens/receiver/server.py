@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tracelens.receiver.grpc_server import GrpcServer, TraceService
     from tracelens.receiver.handler import SpanConsumer
     from tracelens.receiver.http_server import OTLPHTTPServer
+    from tracelens.receiver.pool import DecodePool
     from tracelens.receiver.readapi import ReadAPI
     from tracelens.receiver.writer import Writer
     from tracelens.store import Store
@@ -58,6 +59,13 @@ class ServeConfig:
     token: str | None = None
     token_file: str | None = None  # recorded in the state file so local CLIs find the token
     max_pending_spans: int | None = None
+    decode_workers: int = 0  # processes decoding OTLP/gRPC requests; 0: the event loop
+
+
+def default_decode_workers() -> int:
+    """Decoding processes for ``serve``: the other cores but one, which the writer needs."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus < 2 else min(4, cpus - 1)
 
 
 def is_loopback(host: str) -> bool:
@@ -112,6 +120,7 @@ class Receiver:
         self._service: TraceService | None = None
         self._http: OTLPHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
+        self._pool: DecodePool | None = None
 
     @property
     def tls(self) -> bool:
@@ -158,6 +167,10 @@ class Receiver:
             name="tracelens-http", daemon=True,
         )  # fmt: skip
         self._http_thread.start()
+        if cfg.decode_workers:
+            from tracelens.receiver.pool import DecodePool
+
+            self._pool = self._service.pool = DecodePool(cfg.decode_workers)
         return self
 
     def stop(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
@@ -171,6 +184,8 @@ class Receiver:
             self._http.server_close()
         if done is not None:
             done.result(timeout_s + 10)
+        if self._pool is not None:
+            self._pool.close()
 
 
 def _tls(config: ServeConfig) -> tuple[ssl.SSLContext | None, grpc.ServerCredentials | None]:
@@ -289,7 +304,8 @@ def tune_runtime() -> None:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     # The writer's DuckDB calls give the GIL up and take it back dozens of times a commit;
-    # while a request decodes, each take waits out the switch interval (5 ms by default).
-    # Measured: a commit of 10k spans beside a busy Python thread ran at 29k spans/s with
-    # 5 ms, 47k with 1 ms, 64k with 0.2 ms (100k alone).
+    # while a thread converts or decodes, each take waits out the switch interval (5 ms by
+    # default). Measured: a commit of 10k spans beside a busy Python thread ran at 29k
+    # spans/s with 5 ms, 47k with 1 ms, 64k with 0.2 ms (100k alone). Decoding moves to
+    # worker processes for the same reason (receiver.pool).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
