@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_analyze import ENDPOINT_KEYS, FINDING_KEYS
 
 from tracelens.cli import EXIT_FINDINGS, main, parse_time
 
@@ -144,27 +145,10 @@ def test_analyze_json_and_fail_on(tmp_path: Path) -> None:
     assert code == 0, out
     data = json.loads(out)
     finding = next(f for f in data["findings"] if f["kind"] == "n_plus_one")
-    for key in (
-        "rule",
-        "kind",
-        "severity",
-        "service",
-        "operation",
-        "resource",
-        "trace_ids",
-        "span_ids",
-        "count",
-        "impact_ms",
-        "impact_share",
-        "summary",
-        "fix",
-    ):
-        assert key in finding
+    assert FINDING_KEYS <= set(finding)
     assert finding["service"] == "orders-api" and "customers" in finding["resource"]
     endpoint = data["endpoints"][0]
-    assert {"service", "operation", "traces", "p50_ms", "p95_ms", "p99_ms", "attribution"} <= set(
-        endpoint
-    )
+    assert ENDPOINT_KEYS <= set(endpoint)
     assert run("analyze", "--db", str(db), "--fail-on", "medium")[0] == EXIT_FINDINGS
     assert run("analyze", "--db", str(db), "--fail-on", "critical")[0] == 0
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
 
-from tracelens.errors import StoreError
+from tracelens.errors import StoreError, StoreLockedError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -110,9 +110,7 @@ def open_reader(db_path: str | os.PathLike[str]) -> Reader:
         return remote
     try:
         return Store(db_path, read_only=True)
-    except StoreError as exc:
-        if "in use by another" not in str(exc):  # Store has no lock-specific error type
-            raise
+    except StoreLockedError:
         # Locked: a server may be starting and about to write its state file.
         deadline = time.monotonic() + STARTUP_WAIT_S
         while time.monotonic() < deadline:

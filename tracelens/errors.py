@@ -32,6 +32,10 @@ class StoreError(TracelensError):
     """The DuckDB store could not be opened, read or written."""
 
 
+class StoreLockedError(StoreError):
+    """Another process holds the DuckDB file (DuckDB allows one writer and no other readers)."""
+
+
 class TraceNotFoundError(TracelensError):
     """No spans for the requested trace id."""
 

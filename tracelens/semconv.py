@@ -34,14 +34,6 @@ PEER_KEYS = (
 CACHE_SYSTEMS = frozenset({"redis", "memcached", "valkey"})
 
 
-def first(attrs: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
-    for key in keys:
-        value = attrs.get(key)
-        if value is not None and value != "":
-            return value
-    return None
-
-
 # --- statement fingerprints -------------------------------------------------------------------
 
 _COMMENT = re.compile(r"/\*.*?\*/|--[^\n]*", re.S)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tracelens.errors import StoreError
+from tracelens.errors import StoreError, StoreLockedError
 
 if TYPE_CHECKING:
     import duckdb
@@ -100,7 +100,7 @@ class Store:
             self.con: duckdb.DuckDBPyConnection = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
-                raise StoreError(
+                raise StoreLockedError(
                     f"{self.path} is in use by another tracelens process "
                     "(stop it, or query it through its server)"
                 ) from exc

@@ -29,7 +29,7 @@ from tracelens.errors import InputFormatError
 from tracelens.importers import jaeger_model as jm
 from tracelens.importers.jsonstream import RUN_BYTES, ArrayStream, Submit, farm_out
 from tracelens.importers.sources import peek
-from tracelens.model import SpanBatchBuilder, gc_paused, json_default
+from tracelens.model import SpanBatchBuilder, gc_paused, to_json
 
 NAME = "jaeger-json"
 # Spans per batch: small batches stay in the CPU caches (≈15% faster than 32k here); the store
@@ -202,7 +202,7 @@ def add_trace(builder: SpanBatchBuilder, trace: Any, source: str, where: str) ->
                     parent = jm.hex_id(parent, 8)
             else:
                 parent, follows, links = _references(refs, raw_tid, tid, trace_ids)
-                links = _dumps(links) if links else _EMPTY_LIST
+                links = to_json(links) if links else _EMPTY_LIST
             tags = get("tags")
             attrs = tag_dict(tags) if tags else {}
             kind, status, message, scope, version = pop_bookkeeping(attrs)
@@ -230,9 +230,9 @@ def add_trace(builder: SpanBatchBuilder, trace: Any, source: str, where: str) ->
                     None,  # trace_state: the UI model has none
                     scope or None,
                     version or None,
-                    _dumps(attrs) if attrs else _EMPTY_OBJECT,
+                    to_json(attrs) if attrs else _EMPTY_OBJECT,
                     resource[1],
-                    _dumps(_events(logs)) if logs else _EMPTY_LIST,
+                    to_json(_events(logs)) if logs else _EMPTY_LIST,
                     links,
                 ),
                 attrs,
@@ -261,13 +261,7 @@ def _resource(process: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """A process → its resource attributes and their JSON (once per process, not per span)."""
     tags = process.get("tags")
     resource = jm.resource(process.get("serviceName"), tag_dict(tags) if tags else {})
-    return resource, _dumps(resource) if resource else _EMPTY_OBJECT
-
-
-def _dumps(value: Any) -> str:
-    # Decoded at once: orjson's bytes keep a generous buffer, and holding 30k of them per batch
-    # costs more in page faults than the copy into an exact-size str.
-    return orjson.dumps(value, default=json_default).decode()
+    return resource, to_json(resource) if resource else _EMPTY_OBJECT
 
 
 def _events(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from tracelens import semconv
 from tracelens.errors import InputFormatError
-from tracelens.model import _dumps as to_json  # the builder's own serializer: same text
+from tracelens.model import to_json  # the builder's own serializer: same text
 from tracelens.receiver.columns import Columns
 from tracelens.receiver.lean import LeanEvent, LeanLink, LeanRequest
 
