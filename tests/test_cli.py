@@ -172,6 +172,28 @@ def test_since_until_parsing() -> None:
     assert parse_time(None) is None
 
 
+def test_fresh_processes_agree_with_in_process_runs(tmp_path: Path) -> None:
+    """Each command in a process of its own, where the store starts on the bare DuckDB
+    extension and loads the ``duckdb`` package only for Arrow results (analyses, imports)."""
+    db = str(tmp_path / "fresh.duckdb")
+
+    def fresh(*args: str) -> str:
+        cmd = [sys.executable, "-m", "tracelens", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+    fresh("import", "--db", db, str(LAZY))
+    listed = json.loads(fresh("traces", "--db", db, "--format", "json"))
+    trace_id = listed[0]["trace_id"]
+    for flags in ((), ("--no-findings",)):
+        args = ("explain", "--db", db, "--trace-id", trace_id, "--format", "json", *flags)
+        out = json.loads(fresh(*args))
+        assert out == json.loads(run(*args)[1])
+        assert bool(out["findings"]) is not bool(flags)  # the N+1 is found unless told not to
+    assert json.loads(fresh("analyze", "--db", db, "--format", "json")) == json.loads(
+        run("analyze", "--db", db, "--format", "json")[1]
+    )
+
+
 def test_python_dash_m_runs_the_cli() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tracelens", "--help"], capture_output=True, text=True, check=True

@@ -15,10 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,12 @@ from urllib.parse import quote, urlencode
 
 from tracelens.errors import StoreError, StoreLockedError
 
+# ssl and urllib.request (≈ 35 ms to import) are loaded only when a server is there to talk
+# to: a cold `explain` on a file pays for neither.
 if TYPE_CHECKING:
+    import ssl
+    import urllib.error
+
     import pyarrow as pa
 
     from tracelens.store import TraceSummary
@@ -218,6 +220,9 @@ class RemoteReader:
     def _request(
         self, method: str, route: str, data: bytes | None = None, timeout: float = READ_TIMEOUT_S
     ) -> bytes:
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(self.base + route, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
@@ -272,6 +277,8 @@ def _local_token(state: ServerState) -> str | None:
 
 def _pinned_context(cert: str | None) -> ssl.SSLContext:
     """Trust exactly the server's own certificate (it is local; its name may not match)."""
+    import ssl
+
     context = ssl.create_default_context(cafile=cert) if cert else ssl.create_default_context()
     if cert:
         context.check_hostname = False

@@ -17,6 +17,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tracelens.errors import StoreError, StoreLockedError
@@ -86,12 +87,37 @@ class TraceSummary:
         }
 
 
+@functools.cache
+def _duckdb() -> ModuleType:
+    """DuckDB's engine: the C extension module the ``duckdb`` package re-exports.
+
+    ``import duckdb`` costs ≈ 200 ms here, ≈ 150 ms of it in the package's pure-Python parts;
+    the extension costs ≈ 40 ms, and that is most of a cold ``explain``. The package's names
+    are the extension's objects, so connections and exceptions are the same either way; what
+    the package adds are Python methods on the connection class (``sql``, Arrow results),
+    which :func:`_with_arrow` loads before a method that needs them.
+    """
+    try:
+        import _duckdb as engine  # type: ignore[import-not-found]
+    except ImportError:
+        engine = None
+    if engine is not None and all(hasattr(engine, n) for n in ("connect", "Error", "IOException")):
+        return engine
+    import duckdb
+
+    return duckdb
+
+
+def _with_arrow() -> None:
+    """Load the ``duckdb`` package: it patches ``sql`` and the Arrow results onto connections."""
+    import duckdb  # noqa: F401
+
+
 class Store:
     """A DuckDB file of spans. Use as a context manager or call :meth:`close`."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, read_only: bool = False):
-        import duckdb
-
+        duckdb = _duckdb()
         self.path = str(path or default_db_path())
         self.read_only = read_only
         if read_only and not Path(self.path).exists():
@@ -136,11 +162,9 @@ class Store:
         )
 
     def _check_schema(self) -> None:
-        import duckdb
-
         try:
             self.con.execute("SELECT trace_id, span_id, span_key FROM spans LIMIT 0")
-        except duckdb.Error as exc:
+        except _duckdb().Error as exc:
             raise StoreError(f"{self.path}: no spans table (is this a tracelens store?)") from exc
 
     # -- writes ----------------------------------------------------------------------------
@@ -152,8 +176,7 @@ class Store:
         rolls back everything this call wrote. Of rows sharing ``(trace_id, span_id)`` the
         first one offered is kept.
         """
-        import duckdb
-
+        duckdb = _duckdb()
         received = inserted = 0
         pending: list[pa.RecordBatch] = []
         rows = 0
@@ -215,6 +238,7 @@ class Store:
         """
         import pyarrow as pa
 
+        _with_arrow()
         _incoming = pa.Table.from_batches(batches)
         con = self.con
         if self._keyed:  # an older store: its PRIMARY KEY skips what is there
@@ -386,6 +410,7 @@ def _time_filter(
 def _arrow(con: duckdb.DuckDBPyConnection, query: tuple[str, list[Any]]) -> pa.Table:
     # A relation converts to Arrow without the extra copy a DB-API result makes.
     sql, params = query
+    _with_arrow()
     return _to_arrow(con.sql(sql, params=params))
 
 
