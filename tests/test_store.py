@@ -7,6 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from tracelens import store as store_module
 from tracelens.errors import StoreError
 from tracelens.model import SPAN_SCHEMA, SpanBatchBuilder, spans_from_table
 from tracelens.store import Store
@@ -69,6 +70,29 @@ def test_write_dedupes_and_reads_back_typed(store: Store) -> None:
     assert second.db_fingerprint == "SELECT x FROM t WHERE id=?"
     assert second.events == [{"time_ns": 0, "name": "e", "attributes": {"k": 1}}]
     assert spans[0].parent_span_id is None
+
+
+@pytest.mark.parametrize(
+    ("probe_ids", "probe_max"), [(256, 2048), (2, 2048), (256, 0)], ids=["probe", "chunks", "scan"]
+)
+def test_dedupe_keeps_one_row_whichever_way_stored_ids_are_found(
+    store: Store, monkeypatch: pytest.MonkeyPatch, probe_ids: int, probe_max: int
+) -> None:
+    """Index probes (in chunks) for a few trace ids, a semi-join scan for many: same rows."""
+    monkeypatch.setattr(store_module, "PROBE_IDS", probe_ids)
+    monkeypatch.setattr(store_module, "PROBE_MAX_IDS", probe_max)
+    old = [f"{i:032x}" for i in range(1, 6)]
+    assert store.write([_batch(t, 3) for t in old]).inserted == 15
+    mixed = [_batch(t, 4) for t in old[1:4] + [f"{i:032x}" for i in range(50, 53)]]
+    again = store.write([*mixed, _batch(old[0], 2)])  # 3 old traces grew a span; 3 new
+    assert (again.received, again.inserted) == (26, 3 + 12)
+    assert store.count_spans() == 30
+    assert (
+        store.query("SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)")
+        .column(0)[0]
+        .as_py()
+        == 30
+    )
 
 
 def test_failed_iterator_rolls_back_everything(store: Store) -> None:

@@ -33,7 +33,10 @@ DEFAULT_DB = "tracelens.duckdb"
 # ≈0.1 s for thousands of ids), so file imports insert in large chunks.
 INSERT_ROWS = 131_072
 LARGE_WRITE_MEMORY = "256MB"  # DuckDB's memory limit while it writes a large file
-_LARGE_WRITE_SETTINGS = ("threads", "memory_limit")  # changed for a large write, then restored
+_LARGE_WRITE_SETTINGS = ("threads", "memory_limit")
+# Duplicate check: trace ids per index-probing IN-list, and how many ids are worth probing.
+PROBE_IDS = 256
+PROBE_MAX_IDS = 2048  # changed for a large write, then restored
 
 _DUCK_TYPES = {
     "string": "VARCHAR",
@@ -243,7 +246,7 @@ class Store:
         con = self.con
         if self._keyed:  # an older store: its PRIMARY KEY skips what is there
             return int(con.execute(_insert_sql("INSERT OR IGNORE", "")).fetchall()[0][0])
-        _stored = _to_arrow(con.sql(_STORED_SQL))  # usually empty: new traces
+        _stored = self._stored_pairs(_incoming)  # usually empty: new traces
         repeated = con.execute(_REPEATED_SQL).fetchall()[0][0] > 0
         if not _stored.num_rows and not repeated:
             return int(con.execute(_insert_sql("INSERT", "")).fetchall()[0][0])
@@ -254,6 +257,33 @@ class Store:
         if repeated:
             tail += "QUALIFY row_number() OVER (PARTITION BY trace_id, span_id ORDER BY _row) = 1"
         return int(con.execute(_insert_sql("INSERT", tail)).fetchall()[0][0])
+
+    def _stored_pairs(self, _incoming: pa.Table) -> pa.Table:
+        """``(trace_id, span_id)`` of the stored rows of the incoming traces.
+
+        A few hundred trace ids (a serving commit) are looked up in the ``trace_id`` index,
+        ``PROBE_IDS`` per IN-list: ≈ 2-5 ms whatever the store's size. More (a file import's
+        chunk) take one semi join, which scans the ``trace_id`` column (≈ 0.1 s on 10M spans).
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ids = pc.unique(_incoming.column("trace_id")).to_pylist()
+        if len(ids) > PROBE_MAX_IDS:
+            return _to_arrow(self.con.sql(_STORED_SQL))
+        rows: list[tuple[str, str]] = []
+        for at in range(0, len(ids), PROBE_IDS):
+            chunk = ids[at : at + PROBE_IDS]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT trace_id, span_id FROM spans WHERE trace_id IN ({marks})"
+            rows += self.con.execute(sql, chunk).fetchall()
+        return pa.table(
+            [
+                pa.array([r[0] for r in rows], pa.string()),
+                pa.array([r[1] for r in rows], pa.string()),
+            ],
+            names=["trace_id", "span_id"],
+        )
 
     # -- reads -----------------------------------------------------------------------------
 
