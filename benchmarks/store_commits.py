@@ -1,0 +1,96 @@
+"""Serving-size commits into a growing store: how the duplicate check scales.
+
+``tracelens serve`` commits a few thousand spans at a time, and every commit first asks the
+store which of its (trace_id, span_id) pairs are there already. This writes the same decoded
+requests (``benchmarks/ingest.py``'s realistic 500-span requests, fresh ids per send) through
+``Store.write`` with each way of asking, alternating, on a fresh store each time:
+
+- ``probe``: the trace ids in IN-lists, looked up in the ``trace_id`` index (the default for
+  up to ``store.PROBE_MAX_IDS`` ids);
+- ``semi-join``: one ``WHERE trace_id IN (SELECT trace_id FROM incoming)``, which scans the
+  ``trace_id`` column (what file imports use for their large chunks).
+
+    python benchmarks/store_commits.py [--commits 300] [--requests-per-commit 4] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ingest  # noqa: E402  (benchmarks/ingest.py: the request generator)
+
+from tracelens import store as store_module  # noqa: E402
+from tracelens.receiver.decode import decode  # noqa: E402
+from tracelens.receiver.writer import _one_batch, tune_store  # noqa: E402
+
+MODES = {"probe": store_module.PROBE_MAX_IDS, "semi-join": 0}
+
+
+def commits(count: int, per_commit: int) -> list:
+    pool = ingest.templates(8)
+    out, send = [], 0
+    for _ in range(count):
+        blocks = []
+        for _ in range(per_commit):
+            send += 1
+            blocks += decode(pool[send % len(pool)].fresh(send, 0), "bench").blocks
+        out.append(_one_batch(blocks))
+    return out
+
+
+def run(batches: list, mode: str, directory: str) -> dict:
+    store_module.PROBE_MAX_IDS = MODES[mode]
+    path = os.path.join(directory, f"{mode}.duckdb")
+    store = store_module.Store(path)
+    tune_store(store)
+    latencies = []
+    started = time.perf_counter()
+    for batch in batches:
+        t = time.perf_counter()
+        store.write([batch])
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - started
+    rows = store.count_spans()
+    store.close()
+    for name in os.listdir(directory):
+        os.remove(os.path.join(directory, name))
+    tail = max(1, len(latencies) // 6)
+    return {
+        "mode": mode,
+        "rows": rows,
+        "rows_per_s": rows / wall,
+        "first_ms": sorted(latencies[:tail])[tail // 2] * 1e3,
+        "last_ms": sorted(latencies[-tail:])[tail // 2] * 1e3,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commits", type=int, default=300)
+    parser.add_argument("--requests-per-commit", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    batches = commits(args.commits, args.requests_per_commit)
+    per = batches[0].num_rows
+    print(f"{len(batches)} commits of {per:,} spans; load {os.getloadavg()[0]:.1f}")
+    print("| duplicate check | spans/s | median commit, first sixth | median commit, last sixth |")
+    print("|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory(prefix="tracelens-commits-") as tmp:
+        for _ in range(args.rounds):
+            for mode in MODES:
+                r = run(batches, mode, tmp)
+                print(
+                    f"| {r['mode']} | {r['rows_per_s']:,.0f} | {r['first_ms']:.0f} ms "
+                    f"| {r['last_ms']:.0f} ms |"
+                )
+
+
+if __name__ == "__main__":
+    main()
