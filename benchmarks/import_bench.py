@@ -8,6 +8,8 @@ Each stage runs in a fresh Python process and reports MB/s of input, spans/s, wa
 seconds, CPU µs per span and peak RSS:
 
 * ``parse``: the streaming splitter + ``orjson.loads`` of every trace, nothing else (ceiling);
+* ``parse (typed)``: the splitter + the importer's msgspec Struct decoder, nothing else (the
+  importer's own ceiling; it then flattens the Structs);
 * ``import``: the importer (``importers.read``) to record batches in one process, no store;
 * ``store only``: ``Store.write`` of batches prepared before the clock starts (their memory is
   in the RSS; the line under the table says how much);
@@ -36,7 +38,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STAGES = ("parse", "import", "store only", "import+store (1 process)", "import+store")
+STAGES = (
+    "parse",
+    "parse (typed)",
+    "import",
+    "store only",
+    "import+store (1 process)",
+    "import+store",
+)
 
 
 def _cpu() -> float:
@@ -121,8 +130,8 @@ def _stage_body(stage: str, path: Path, db: Path, prepared: list | None, workers
     from tracelens.ingest import import_paths
     from tracelens.store import Store
 
-    if stage == "parse":
-        return _parse_only(path)
+    if stage in ("parse", "parse (typed)"):
+        return _parse_only(path, typed=stage == "parse (typed)")
     if stage == "import":
         with _open(path) as stream:
             return sum(b.num_rows for b in importers.read(stream, str(path), "jaeger-json"))
@@ -133,19 +142,26 @@ def _stage_body(stage: str, path: Path, db: Path, prepared: list | None, workers
         return import_paths(store, [str(path)], "jaeger-json", workers=count).spans
 
 
-def _parse_only(path: Path) -> int:
+def _parse_only(path: Path, typed: bool) -> int:
+    import orjson
+
     from tracelens.importers.jaeger_json import _DATA_ARRAY
+    from tracelens.importers.jaeger_structs import Trace, decode_structs
     from tracelens.importers.jsonstream import ArrayStream
     from tracelens.importers.sources import peek
     from tracelens.model import gc_paused
 
     spans = 0
+    decode = decode_structs if typed else orjson.loads
     with _open(path) as stream, gc_paused():
         opening = _DATA_ARRAY.match(peek(stream))
         if not opening:
             raise SystemExit(f'{path}: not a {{"data":[…]}} Jaeger export')
-        for _, trace in ArrayStream(stream, str(path), opening.group(0)):
-            spans += len(trace.get("spans") or ())
+        for _, trace in ArrayStream(stream, str(path), opening.group(0), decode=decode):
+            if type(trace) is Trace:
+                spans += len(trace.spans or ())
+            else:
+                spans += len(trace.get("spans") or ())
     return spans
 
 

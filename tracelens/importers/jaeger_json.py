@@ -10,16 +10,20 @@ The usual ``{"data":[…]}`` export streams trace by trace (:mod:`jsonstream`), 
 is never held as Python objects at once; other shapes are small and parsed whole. For large
 files :func:`read_parallel` hands raw runs of traces to worker processes (:func:`read_run`) and
 yields what :func:`read` would, in the same order, with the same errors.
+
+Two ways to flatten a trace, with the same rows: :func:`add_trace` from orjson's dicts (the
+reference, and the only path for the other shapes), and :mod:`jaeger_structs` from typed
+msgspec Structs, which the streamed export takes; whatever the Structs do not cover goes back
+to the dicts, trace by trace.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 from collections.abc import Iterator
 from functools import partial
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 import pyarrow as pa
@@ -27,9 +31,17 @@ import pyarrow as pa
 from tracelens import ids
 from tracelens.errors import InputFormatError
 from tracelens.importers import jaeger_model as jm
+from tracelens.importers import jaeger_structs as js
+from tracelens.importers.jaeger_model import micros, typed_value
 from tracelens.importers.jsonstream import RUN_BYTES, ArrayStream, Submit, farm_out
 from tracelens.importers.sources import peek
-from tracelens.model import SpanBatchBuilder, gc_paused, to_json
+from tracelens.model import (
+    SpanBatchBuilder,  # noqa: F401 — a RowSink; tests build references
+    gc_paused,
+    rows_to_batch,
+    to_json,
+)
+from tracelens.semconv import derive_row
 
 NAME = "jaeger-json"
 # Spans per batch: small batches stay in the CPU caches (≈15% faster than 32k here); the store
@@ -57,7 +69,7 @@ def sniff(head: bytes, filename: str) -> bool:
 def read(stream: BinaryIO, source: str) -> Iterator[pa.RecordBatch]:
     opening = _DATA_ARRAY.match(peek(stream))
     if opening:
-        elements = ArrayStream(stream, source, opening.group(0))
+        elements = ArrayStream(stream, source, opening.group(0), decode=js.decode_traces)
         traces: Iterator[tuple[str, Any]] = ((f"data[{i}]", t) for i, t in elements)
     else:
         traces = _whole_document(stream, source)
@@ -76,7 +88,7 @@ def read_parallel(
     if not opening:
         yield from read(stream, source)
         return
-    elements = ArrayStream(stream, source, opening.group(0))
+    elements = ArrayStream(stream, source, opening.group(0), decode=js.decode_traces)
     work = partial(read_run, source=source)
     for batches in farm_out(elements, work, submit, run_bytes=RUN_BYTES, ahead=ahead):
         yield from batches
@@ -90,7 +102,8 @@ def read_run(data: bytes, source: str) -> tuple[int, list[pa.RecordBatch]] | Non
 
     def traces() -> Iterator[tuple[str, Any]]:
         nonlocal count
-        for _, trace in ArrayStream(io.BytesIO(b"[" + data + b"]"), source, b"["):
+        run = ArrayStream(io.BytesIO(b"[" + data + b"]"), source, b"[", decode=js.decode_traces)
+        for _, trace in run:
             count += 1
             yield "data[?]", trace
 
@@ -103,14 +116,48 @@ def read_run(data: bytes, source: str) -> tuple[int, list[pa.RecordBatch]] | Non
 
 def _batches(traces: Iterator[tuple[str, Any]], source: str) -> Iterator[pa.RecordBatch]:
     with gc_paused():  # parsing builds millions of acyclic objects: the cyclic GC only slows it
-        builder = SpanBatchBuilder(BATCH_SPANS)
+        rows = _Rows()
         for where, trace in traces:
-            add_trace(builder, trace, source, where)
-            if len(builder) >= BATCH_SPANS:
-                yield builder.flush()  # type: ignore[misc]
-        last = builder.flush()
-        if last is not None:
-            yield last
+            if type(trace) is js.Flattened:  # the typed path's, already flat
+                rows.extend(trace.rows)
+            else:
+                add_trace(rows, trace, source, where)
+            if len(rows) >= BATCH_SPANS:
+                yield rows.flush()
+        if len(rows):
+            yield rows.flush()
+
+
+class RowSink(Protocol):
+    """Where :func:`add_trace` puts rows: a ``SpanBatchBuilder``, or :class:`_Rows`."""
+
+    def add_row(
+        self, row: tuple[Any, ...], attributes: dict[str, Any], resource: dict[str, Any]
+    ) -> None: ...
+
+
+class _Rows:
+    """Whole rows in ``SPAN_SCHEMA`` order, in file order: the typed path's as they are, the
+    dict path's through :meth:`add_row`, which does what ``SpanBatchBuilder.add_row`` does
+    (appends the derived columns; test_jaeger_fast compares both with ``SpanBatchBuilder``)."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[Any, ...]] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add_row(
+        self, row: tuple[Any, ...], attributes: dict[str, Any], resource: dict[str, Any]
+    ) -> None:
+        self._rows.append(row + derive_row(attributes, resource))
+
+    def extend(self, rows: list[tuple[Any, ...]]) -> None:
+        self._rows += rows
+
+    def flush(self) -> pa.RecordBatch:
+        rows, self._rows = self._rows, []
+        return rows_to_batch(rows)
 
 
 def _whole_document(stream: BinaryIO, source: str) -> Iterator[tuple[str, Any]]:
@@ -155,7 +202,7 @@ def _json_place(exc: orjson.JSONDecodeError) -> str:
 # --- one trace --------------------------------------------------------------------------------
 
 
-def add_trace(builder: SpanBatchBuilder, trace: Any, source: str, where: str) -> None:
+def add_trace(builder: RowSink, trace: Any, source: str, where: str) -> None:
     """Flatten one trace object (``{"traceID","spans","processes"}``) into ``builder``.
 
     ``where`` is the trace's JSON path, for errors (``data[3]``). This is the importer's hot
@@ -290,34 +337,10 @@ def tag_dict(tags: list[dict[str, Any]]) -> dict[str, Any]:
             if kind == "string" or (kind == "int64" and type(value) is int):
                 out[tag["key"]] = value
             else:
-                out[tag["key"]] = _typed(kind, value)
+                out[tag["key"]] = typed_value(kind, value)
     except KeyError:  # a tag without "type" or "value": take the slow, forgiving path
-        out = {tag["key"]: _typed(tag.get("type"), tag.get("value")) for tag in tags}
+        out = {tag["key"]: typed_value(tag.get("type"), tag.get("value")) for tag in tags}
     return out
-
-
-def _typed(kind: Any, value: Any) -> Any:
-    kind = kind.lower() if type(kind) is str else kind
-    if kind == "int64":
-        return value if type(value) is int else int(value)
-    if kind == "float64":
-        return value if type(value) is float else float(value)
-    if kind == "bool":
-        return value if type(value) is bool else str(value).lower() == "true"
-    if kind == "binary":
-        return base64.b64decode(value) if value else b""
-    return value  # "string", a missing type, or one Jaeger does not define
-
-
-def micros(value: Any) -> int:
-    """Jaeger's microseconds → integer nanoseconds (floats rounded, not truncated)."""
-    if type(value) is int:
-        return value * 1000
-    if isinstance(value, float):
-        return round(value * 1000)
-    if isinstance(value, str):
-        return int(value) * 1000
-    raise TypeError(f"expected microseconds, got {type(value).__name__}")
 
 
 def _problem(exc: Exception) -> str:

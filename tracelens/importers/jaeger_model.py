@@ -9,6 +9,7 @@ and every reference into another trace).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from collections.abc import Callable, Iterable
@@ -40,7 +41,7 @@ CHILD_OF = "CHILD_OF"
 FOLLOWS_FROM = "FOLLOWS_FROM"
 REF_TYPE_ATTR = "opentracing.ref_type"  # as the Collector names it on links
 
-_HEX_SPAN = re.compile(r"[0-9a-f]{16}").fullmatch
+HEX_SPAN = re.compile(r"[0-9a-f]{16}").fullmatch  # a canonical span id, used as is
 _HEX_TRACE = re.compile(r"[0-9a-f]{32}").fullmatch
 _HEX = re.compile(r"[0-9a-fA-F]+").fullmatch
 
@@ -67,7 +68,7 @@ def hex_id(raw: Any, nbytes: int) -> str:
 
 def span_id(raw: Any) -> str:
     """Canonical span id of the UI model; 16 lowercase hex digits skip all parsing."""
-    if type(raw) is str and _HEX_SPAN(raw):
+    if type(raw) is str and HEX_SPAN(raw):
         return raw
     return hex_id(raw, 8)
 
@@ -169,6 +170,31 @@ def resource(service: Any, tags: dict[str, Any]) -> dict[str, Any]:
     if not out["service.name"]:
         del out["service.name"]
     return out
+
+
+def typed_value(kind: Any, value: Any) -> Any:
+    """A typed tag's value as its type says (``int64`` may arrive as a string)."""
+    kind = kind.lower() if type(kind) is str else kind
+    if kind == "int64":
+        return value if type(value) is int else int(value)
+    if kind == "float64":
+        return value if type(value) is float else float(value)
+    if kind == "bool":
+        return value if type(value) is bool else str(value).lower() == "true"
+    if kind == "binary":
+        return base64.b64decode(value) if value else b""
+    return value  # "string", a missing type, or one Jaeger does not define
+
+
+def micros(value: Any) -> int:
+    """Jaeger's microseconds → integer nanoseconds (floats rounded, not truncated)."""
+    if type(value) is int:
+        return value * 1000
+    if isinstance(value, float):
+        return round(value * 1000)
+    if isinstance(value, str):
+        return int(value) * 1000
+    raise TypeError(f"expected microseconds, got {type(value).__name__}")
 
 
 def _text(value: Any) -> str | None:

@@ -45,7 +45,9 @@ import orjson
 
 from tracelens.errors import InputFormatError
 
-CHUNK_BYTES = 8 << 20  # read size
+# Read size. 8 MB reads cost 3x the CPU here (0.73 s against 0.20 s to cut a 500 MB file into
+# runs): each fresh 8 MB buffer is faulted in page by page; 2 MB ones are reused.
+CHUNK_BYTES = 2 << 20
 BATCH_BYTES = 64 << 10  # elements parsed per orjson call on the fast path (cache-sized)
 _WS = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"  # a byte order mark before the document (RFC 8259 lets parsers skip it)
@@ -53,6 +55,7 @@ _MIN_WINDOW = 16 << 10
 _MAX_GUESS_FAILURES = 3
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.$@-]{1,64}")
 _MAX_RUN_BYTES = 256 << 20  # a longer element ends the runs (it is parsed in order instead)
+Decode = Callable[[bytes], list[Any]]  # the text of a JSON array -> its elements
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,10 @@ class ArrayStream:
     ``stream``. After the last element the rest of the document is read and
     ``prefix + "]" + rest`` must parse (that catches truncation and trailing garbage); ``tail``
     then holds that outer value with the array emptied. Elements must be objects or arrays.
+
+    ``decode`` parses the batches of the fast path (the text of a JSON array of elements) into a
+    list of values; like ``orjson.loads`` it raises ``orjson.JSONDecodeError`` on invalid JSON.
+    Single elements (the first one, and any found by the probe) are always orjson's values.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class ArrayStream:
         chunk_bytes: int = CHUNK_BYTES,
         batch_bytes: int = BATCH_BYTES,
         guess: bool = True,
+        decode: Decode = orjson.loads,
     ) -> None:
         self.stream = stream
         self.source = source
@@ -94,6 +102,7 @@ class ArrayStream:
         self._window = _MIN_WINDOW
         self._signature: tuple[bytes, re.Pattern[bytes]] | None = None
         self._guess = guess
+        self._decode = decode
         self._failures = 0
         self._pos = 0  # where iteration (re)starts in _buf
         self._index = 0  # the index of the element there
@@ -241,7 +250,7 @@ class ArrayStream:
             return None
         view = memoryview(self._buf)[pos:cut]
         try:
-            values = orjson.loads(b"".join((b"[", view, b"]")))
+            values = self._decode(b"".join((b"[", view, b"]")))
         except orjson.JSONDecodeError:
             self._failures += 1
             if self._failures >= _MAX_GUESS_FAILURES:
