@@ -31,6 +31,7 @@ IMPORTER_MODULES = (
     "zipkin",
     "otlp_json",
     "otlp_proto",
+    "otlp_proto_stream",  # after plain protobuf: its frames start with a length, not a tag
 )
 
 
