@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from receiver_support import ServerProcess, export_request, sdk_spans, start_server
 
 import tracelens.access as access
@@ -96,6 +97,7 @@ def _answers(r: Any) -> dict:
         "api": r.list_traces(service="api", limit=5),
         "op": r.list_traces(operation="GET /orders/{id}", since_ns=t0, limit=3),
         "trace": r.get_trace(some[0].upper()).to_pylist(),
+        "trace_spans": r.get_trace_spans(some[1].upper()),
         "missing": r.get_trace("0" * 31 + "1").num_rows,
         "scan": r.scan().to_pylist(),
         "cols": r.scan(["trace_id", "db_fingerprint"], trace_ids=some).to_pylist(),
@@ -103,6 +105,49 @@ def _answers(r: Any) -> dict:
         "unordered": sorted(r.scan(["span_id"], ordered=False).column("span_id").to_pylist()),
         "overlapping": r.overlapping_trace_ids(t0, t0 + 1, 50),
     }
+
+
+LAZY = Path(__file__).resolve().parent.parent / "fixtures" / "scenarios" / "n_plus_one_lazy_load"
+
+
+def test_explain_through_the_server_equals_explain_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Served: spans come as JSON rows and the findings from the server's warm rules; an older
+    server without those routes is read the Arrow way with findings computed here."""
+    from tracelens.cli import main
+    from tracelens.explain import explain
+
+    db = tmp_path / "n1.duckdb"
+    result = CliRunner().invoke(main, ["import", "--db", str(db), str(LAZY / "traces.otlp.json")])
+    assert result.exit_code == 0, result.output
+    with Store(db, read_only=True) as store:
+        trace_id = store.list_traces(limit=1)[0].trace_id
+    server = start_server(db)
+    try:
+        with open_reader(db) as remote:
+            assert isinstance(remote, RemoteReader)
+            served = explain(remote, trace_id).to_dict()
+            asked: list[str] = []
+            real = RemoteReader._request
+
+            def older(self: RemoteReader, method: str, route: str, *args: Any, **kw: Any) -> bytes:
+                asked.append(route)
+                if route.endswith("/rows") or route.startswith("findings/"):
+                    raise access.RouteMissing("no such route")
+                return real(self, method, route, *args, **kw)
+
+            monkeypatch.setattr(RemoteReader, "_request", older)
+            fallback = explain(remote, trace_id).to_dict()
+            monkeypatch.undo()
+        assert f"findings/{trace_id}" in asked and f"traces/{trace_id}" in asked  # Arrow
+    finally:
+        assert server.terminate() == 0
+    with open_reader(db) as local:
+        assert isinstance(local, Store)
+        from_file = explain(local, trace_id).to_dict()
+    assert from_file["findings"] and from_file["findings"][0]["kind"] == "n_plus_one"
+    assert served == from_file == fallback
 
 
 @pytest.fixture

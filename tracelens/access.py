@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
+    from tracelens.model import Finding, Span
     from tracelens.store import TraceSummary
 
 STATE_SUFFIX = ".tracelens-server.json"
@@ -140,6 +141,10 @@ def _remote(db_path: str | os.PathLike[str]) -> RemoteReader | None:
 # --- the remote reader ---------------------------------------------------------------------------
 
 
+class RouteMissing(StoreError):
+    """The server does not know the route (it is older than this client)."""
+
+
 class RemoteReader:
     """The Store read methods over the server's HTTP read API (urllib, Arrow IPC)."""
 
@@ -175,6 +180,28 @@ class RemoteReader:
 
     def get_trace(self, trace_id: str) -> pa.Table:
         return _table(self._request("GET", "traces/" + quote(trace_id.lower(), safe="")))
+
+    def get_trace_spans(self, trace_id: str) -> list[Span]:
+        """One trace as ``Span`` objects from JSON rows: ``explain`` then needs no pyarrow."""
+        from tracelens.model import spans_from_rows, spans_from_table
+
+        route = "traces/" + quote(trace_id.lower(), safe="")
+        try:
+            reply = json.loads(self._request("GET", route + "/rows"))
+        except RouteMissing:  # a server from before the route: the Arrow way
+            return spans_from_table(self.get_trace(trace_id))
+        return spans_from_rows([tuple(row) for row in reply["rows"]], reply["columns"])
+
+    def trace_findings(self, trace_id: str) -> list[Finding] | None:
+        """The built-in rules' findings for one trace, computed by the server (None: the
+        server cannot; the caller computes them)."""
+        from tracelens.model import Finding
+
+        try:
+            found = json.loads(self._request("GET", "findings/" + quote(trace_id.lower(), safe="")))
+        except RouteMissing:
+            return None
+        return [Finding(**f) for f in found]
 
     def list_traces(
         self,
@@ -241,6 +268,8 @@ class RemoteReader:
             ) from exc
 
     def _error(self, exc: urllib.error.HTTPError) -> StoreError:
+        if exc.code == 404:
+            return RouteMissing(f"{self.state.db}: server pid {self.state.pid} has no {exc.url}")
         if exc.code == 401:
             return StoreError(
                 f"{self.state.db} is served by pid {self.state.pid}, which needs a token: "

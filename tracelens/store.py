@@ -310,13 +310,18 @@ class Store:
     def get_trace_spans(self, trace_id: str) -> list[Span]:
         """One trace as ``Span`` objects straight from DuckDB rows: ``explain``'s cold path,
         which then never imports pyarrow."""
-        from tracelens.model import COLUMNS, spans_from_rows
+        from tracelens.model import spans_from_rows
 
-        rows = self.con.execute(
+        return spans_from_rows(self.get_trace_rows(trace_id))
+
+    def get_trace_rows(self, trace_id: str) -> list[tuple[Any, ...]]:
+        """One trace's stored rows as tuples in ``model.COLUMNS`` order, by start time."""
+        from tracelens.model import COLUMNS
+
+        return self.con.execute(
             f"SELECT {', '.join(COLUMNS)} FROM spans WHERE trace_id = ? ORDER BY start_ns, span_id",
             [trace_id.lower()],
         ).fetchall()
-        return spans_from_rows(rows)
 
     def list_traces(
         self,

@@ -8,6 +8,10 @@ Each request reads through its own DuckDB cursor and sees only committed spans.
 - ``GET /api/v1/count``: ``{"spans": n, "traces": n}``
 - ``GET /api/v1/traces?service=&operation=&since_ns=&until_ns=&limit=``: ``list_traces``, JSON
 - ``GET /api/v1/traces/<trace id>``: ``get_trace``, Arrow
+- ``GET /api/v1/traces/<trace id>/rows``: ``get_trace_rows`` as JSON ``{columns, rows}`` (what
+  ``explain`` reads: no pyarrow needed on the client)
+- ``GET /api/v1/findings/<trace id>``: the built-in rules' findings for one trace, JSON; computed
+  here, where polars and the rules stay loaded between calls (a CLI would pay ≈ 0.5 s for them)
 - ``POST /api/v1/scan`` with ``{columns, trace_ids, since_ns, until_ns, ordered}``: ``scan``, Arrow
 - ``GET /api/v1/overlapping?t0_ns=&t1_ns=&limit=``: ``overlapping_trace_ids``, JSON
 """
@@ -52,6 +56,7 @@ class ReadAPI:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._rules: list[Any] | None = None  # the built-in rules, loaded on first use
 
     @contextmanager
     def _view(self) -> Iterator[Store]:
@@ -79,9 +84,13 @@ class ReadAPI:
                     return _json({"spans": store.count_spans(), "traces": store.count_traces()})
             if route == "traces" and method == "GET":
                 return self._list(parse_qs(query))
+            if route.startswith("traces/") and route.endswith("/rows") and method == "GET":
+                return self._rows(route[len("traces/") : -len("/rows")])
             if route.startswith("traces/") and method == "GET":
                 with self._view() as store:
                     return _arrow(store.get_trace(route[len("traces/") :]))
+            if route.startswith("findings/") and method == "GET":
+                return self._findings(route[len("findings/") :])
             if route == "scan" and method == "POST":
                 return self._scan(body(MAX_QUERY_BODY))
             if route == "overlapping" and method == "GET":
@@ -92,7 +101,7 @@ class ReadAPI:
             log.exception("read API %s %s failed", method, path)
             return _json({"error": f"the store failed: {exc}"}, 500)
         known = route in ("health", "count", "traces", "scan", "overlapping") or route.startswith(
-            "traces/"
+            ("traces/", "findings/")
         )
         return _json({"error": f"{method} {path} is not allowed"}, 405 if known else 404)
 
@@ -108,6 +117,22 @@ class ReadAPI:
         with self._view() as store:
             rows = store.list_traces(**kwargs)
         return _json([dataclasses.asdict(r) for r in rows])
+
+    def _rows(self, trace_id: str) -> Reply:
+        from tracelens.model import COLUMNS
+
+        with self._view() as store:
+            return _json({"columns": COLUMNS, "rows": store.get_trace_rows(trace_id)})
+
+    def _findings(self, trace_id: str) -> Reply:
+        from tracelens.explain import explain
+        from tracelens.rules import load_rules
+
+        if self._rules is None:
+            self._rules = load_rules()
+        with self._view() as store:
+            found = explain(store, trace_id, rules=self._rules).findings
+        return _json([f.to_dict() for f in found])
 
     def _scan(self, raw: bytes) -> Reply:
         try:
