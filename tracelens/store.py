@@ -33,10 +33,10 @@ DEFAULT_DB = "tracelens.duckdb"
 # ≈0.1 s for thousands of ids), so file imports insert in large chunks.
 INSERT_ROWS = 131_072
 LARGE_WRITE_MEMORY = "256MB"  # DuckDB's memory limit while it writes a large file
-_LARGE_WRITE_SETTINGS = ("threads", "memory_limit")
+_LARGE_WRITE_SETTINGS = ("threads", "memory_limit")  # changed for a large write, then restored
 # Duplicate check: trace ids per index-probing IN-list, and how many ids are worth probing.
 PROBE_IDS = 256
-PROBE_MAX_IDS = 2048  # changed for a large write, then restored
+PROBE_MAX_IDS = 2048
 
 _DUCK_TYPES = {
     "string": "VARCHAR",
@@ -94,8 +94,8 @@ class TraceSummary:
 def _duckdb() -> ModuleType:
     """DuckDB's engine: the C extension module the ``duckdb`` package re-exports.
 
-    ``import duckdb`` costs ≈ 200 ms here, ≈ 150 ms of it in the package's pure-Python parts;
-    the extension costs ≈ 40 ms, and that is most of a cold ``explain``. The package's names
+    ``import duckdb`` costs ≈ 170 ms here, ≈ 110 ms of it in the package's pure-Python parts;
+    the extension alone ≈ 40-60 ms, and that is most of a cold ``explain``. The package's names
     are the extension's objects, so connections and exceptions are the same either way; what
     the package adds are Python methods on the connection class (``sql``, Arrow results),
     which :func:`_with_arrow` loads before a method that needs them.
@@ -262,8 +262,10 @@ class Store:
         """``(trace_id, span_id)`` of the stored rows of the incoming traces.
 
         A few hundred trace ids (a serving commit) are looked up in the ``trace_id`` index,
-        ``PROBE_IDS`` per IN-list: ≈ 2-5 ms whatever the store's size. More (a file import's
-        chunk) take one semi join, which scans the ``trace_id`` column (≈ 0.1 s on 10M spans).
+        ``PROBE_IDS`` per IN-list, a few ms each. More (a file import's chunk) take one semi
+        join, which reads the ``trace_id`` column; while the store takes writes that grows with
+        it (2,000-span commits: 32 → 63 ms over 600k spans, against 23 → 28 ms with probes;
+        ``benchmarks/store_commits.py``).
         """
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -277,13 +279,8 @@ class Store:
             marks = ", ".join("?" * len(chunk))
             sql = f"SELECT trace_id, span_id FROM spans WHERE trace_id IN ({marks})"
             rows += self.con.execute(sql, chunk).fetchall()
-        return pa.table(
-            [
-                pa.array([r[0] for r in rows], pa.string()),
-                pa.array([r[1] for r in rows], pa.string()),
-            ],
-            names=["trace_id", "span_id"],
-        )
+        columns = [pa.array([row[i] for row in rows], pa.string()) for i in (0, 1)]
+        return pa.table(columns, names=["trace_id", "span_id"])
 
     # -- reads -----------------------------------------------------------------------------
 
