@@ -6,7 +6,11 @@ DuckDB SQL so that building 10M rows takes a minute, not an hour: 1M traces × 1
 server span), in time order as a receiver would write them. Then each measurement is a fresh
 process (nothing warm in Python), median of N runs, beside the ceiling `import duckdb`.
 
-    python benchmarks/explain_bench.py [--spans 10000000] [--runs 7]
+    python benchmarks/explain_bench.py [--spans 10000000] [--runs 7] [--served]
+
+``--served`` also times the same commands while ``tracelens serve`` holds the store (they then
+read through its read API, and `explain` gets its findings from the server); the first call,
+which loads the server's rules and detectors, is not timed.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spans", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--served", action="store_true", help="also time through a server")
     args = parser.parse_args()
 
     DATA.mkdir(exist_ok=True)
@@ -114,40 +119,42 @@ def main() -> None:
     con.close()
 
     py = sys.executable
+    # A regular `pip install` compiles the package's bytecode; an editable one (or
+    # PYTHONDONTWRITEBYTECODE=1, as on the project machine) leaves each run to compile the
+    # modules it imports again (≈ 30 ms here). Measure the installed case.
+    import tracelens
+
+    subprocess.run([py, "-m", "compileall", "-q", str(Path(tracelens.__file__).parent)], check=True)
     base, base_min, _ = time_command([py, "-c", "import duckdb"], args.runs)
     # What the store imports now: the extension the duckdb package re-exports.
     ext, ext_min, _ = time_command([py, "-c", "import _duckdb"], args.runs)
-    bare, bare_min, _ = time_command(
-        [
-            py,
-            "-m",
-            "tracelens",
-            "explain",
-            "--trace-id",
-            trace_id,
-            "--db",
-            str(db),
-            "--format",
-            "json",
-            "--no-findings",
-        ],
-        args.runs,
-    )
-    full, full_min, out = time_command(
-        [
-            py,
-            "-m",
-            "tracelens",
-            "explain",
-            "--trace-id",
-            trace_id,
-            "--db",
-            str(db),
-            "--format",
-            "json",
-        ],
-        args.runs,
-    )
+    bare_cmd = [
+        py,
+        "-m",
+        "tracelens",
+        "explain",
+        "--trace-id",
+        trace_id,
+        "--db",
+        str(db),
+        "--format",
+        "json",
+        "--no-findings",
+    ]
+    bare, bare_min, _ = time_command(bare_cmd, args.runs)
+    full_cmd = [
+        py,
+        "-m",
+        "tracelens",
+        "explain",
+        "--trace-id",
+        trace_id,
+        "--db",
+        str(db),
+        "--format",
+        "json",
+    ]
+    full, full_min, out = time_command(full_cmd, args.runs)
     assert trace_id in out
 
     print(
@@ -163,8 +170,47 @@ def main() -> None:
         ("`explain --format json --no-findings`", bare, bare_min),
         ("`explain --format json` (with findings)", full, full_min),
     ]
+    if args.served:
+        served = [
+            ("explain --format json --no-findings", bare_cmd),
+            ("explain --format json", full_cmd),
+        ]
+        rows += time_served(db, served, args.runs)
     for label, median, best in rows:
         print(f"| {label} | {median * 1000:.0f} ms | {best * 1000:.0f} ms |")
+
+
+def time_served(
+    db: Path, commands: list[tuple[str, list[str]]], runs: int
+) -> list[tuple[str, float, float]]:
+    """The commands again while a server holds ``db`` (stopped by its pid afterwards)."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tracelens",
+            "serve",
+            "--db",
+            str(db),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server.stdout.readline()  # type: ignore[union-attr]  # the startup line
+        subprocess.run(commands[-1][1], capture_output=True, check=True)  # warms the server
+        out = []
+        for label, command in commands:
+            median, best, _ = time_command(command, runs)
+            out.append((f"served: `{label}`", median, best))
+        return out
+    finally:
+        server.terminate()
+        server.wait(60)
 
 
 if __name__ == "__main__":
