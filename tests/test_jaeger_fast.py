@@ -54,7 +54,7 @@ def dict_rows(trace: Any) -> list[tuple]:
     return recorder.rows
 
 
-def _gen_module():
+def _gen_module() -> Any:
     path = REPO / "benchmarks" / "gen_jaeger.py"
     spec = importlib.util.spec_from_file_location("gen_jaeger", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
@@ -63,7 +63,7 @@ def _gen_module():
 
 
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory) -> Path:
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gen") / "gen.json"
     _gen_module().generate(path, 1.0, seed=3)
     return path
@@ -85,14 +85,14 @@ def _same_rows(trace: Any) -> bool:
 
 
 @pytest.mark.parametrize("path", corpus_files("jaeger-json"), ids=lambda p: p.stem)
-def test_corpus_rows_are_identical(corpus, path):
+def test_corpus_rows_are_identical(corpus: Path, path: Path) -> None:
     traces = traces_of(path)
     assert traces
     for trace in traces:
         _same_rows(trace)
 
 
-def test_the_structs_take_most_of_the_corpus(corpus):
+def test_the_structs_take_most_of_the_corpus(corpus: Path) -> None:
     taken = [all(_same_rows(t) for t in traces_of(p)) for p in corpus_files("jaeger-json")]
     # The others carry fields of the UI's own model (a resolved span inside a reference,
     # a "_comment"), which the Structs refuse rather than skip unchecked.
@@ -100,12 +100,12 @@ def test_the_structs_take_most_of_the_corpus(corpus):
 
 
 @pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.stem)
-def test_fixture_rows_are_identical(path):
+def test_fixture_rows_are_identical(path: Path) -> None:
     for trace in traces_of(path):
         assert _same_rows(trace)
 
 
-def test_generated_rows_are_identical(generated):
+def test_generated_rows_are_identical(generated: Path) -> None:
     traces = traces_of(generated)
     assert len(traces) > 20
     for trace in traces:
@@ -156,7 +156,9 @@ def _all_corpus_and_fixture_traces() -> list[Any]:
     ]
 
 
-def test_streamed_corpus_equals_the_dict_path(corpus, monkeypatch):
+def test_streamed_corpus_equals_the_dict_path(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     traces = _all_corpus_and_fixture_traces()
     table, typed = _streamed(orjson.dumps({"data": traces}), monkeypatch)
     assert table.equals(_reference(traces))
@@ -165,7 +167,9 @@ def test_streamed_corpus_equals_the_dict_path(corpus, monkeypatch):
     assert typed >= takes - 2  # the first and the last trace are probed, read as dicts
 
 
-def test_streamed_generated_export_equals_the_dict_path(generated, monkeypatch):
+def test_streamed_generated_export_equals_the_dict_path(
+    generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = generated.read_bytes()
     traces = orjson.loads(data)["data"]
     # traces here are ~30 KB: chunks must hold a batch and more for the signature's cut
@@ -174,7 +178,7 @@ def test_streamed_generated_export_equals_the_dict_path(generated, monkeypatch):
     assert typed == len(traces) - 2  # the first and the last are probed, as single dicts
 
 
-def test_workers_run_equals_the_dict_path(generated, monkeypatch):
+def test_workers_run_equals_the_dict_path(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jaeger_json, "BATCH_SPANS", 100)
     data = generated.read_bytes()
     traces = orjson.loads(data)["data"]
@@ -185,7 +189,9 @@ def test_workers_run_equals_the_dict_path(generated, monkeypatch):
     assert pa.Table.from_batches(batches, schema=SPAN_SCHEMA).equals(_reference(traces))
 
 
-def test_a_small_described_cache_gives_the_same_rows(generated, monkeypatch):
+def test_a_small_described_cache_gives_the_same_rows(
+    generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(js, "DESCRIBED", js.DescribedCache(limit=7))  # cleared again and again
     data = generated.read_bytes()
     table, _ = _streamed(data, monkeypatch, batch_bytes=20_000, chunk_bytes=1 << 20)
@@ -219,7 +225,9 @@ _semconv_values = st.one_of(
     extra=st.dictionaries(st.sampled_from(_SEMCONV_KEYS), _semconv_values, min_size=1),
     service=st.one_of(st.sampled_from(["checkout", ""]), st.integers(0, 2), st.none()),
 )
-def test_derived_columns_read_only_the_service_of_a_resource(attrs, extra, service):
+def test_derived_columns_read_only_the_service_of_a_resource(
+    attrs: Any, extra: Any, service: Any
+) -> None:
     resource = {"service.name": service, **extra}
     assert derive_row(attrs, resource) == derive_row(attrs, {"service.name": service})
 
@@ -248,7 +256,9 @@ def _span(**extra: Any) -> dict[str, Any]:
         ({"traceID": "ab", "spans": [_span(tags=[{"key": "l", "value": [1, 2]}])]}, '{"l":[1,2]}'),
     ],
 )
-def test_what_the_structs_refuse_is_read_as_dicts(monkeypatch, trace, attributes):
+def test_what_the_structs_refuse_is_read_as_dicts(
+    monkeypatch: pytest.MonkeyPatch, trace: Any, attributes: Any
+) -> None:
     text = json.dumps([trace]).encode()  # orjson cannot write integers beyond 64 bits
     (structs,) = js.decode_structs(text)  # tags are decoded lazily: refused when flattened
     with pytest.raises(msgspec.ValidationError):
@@ -262,7 +272,7 @@ def test_what_the_structs_refuse_is_read_as_dicts(monkeypatch, trace, attributes
     assert typed > 40
 
 
-def test_an_inline_empty_process_is_read_as_a_dict():
+def test_an_inline_empty_process_is_read_as_a_dict() -> None:
     processes = {"p1": {"serviceName": "mapped"}}
     empty = {"traceID": "ab", "processes": processes, "spans": [_span(processID="p1", process={})]}
     other = {**empty, "spans": [_span(processID="p1", process={"x": 1})]}
@@ -287,7 +297,9 @@ def test_an_inline_empty_process_is_read_as_a_dict():
         ),
     ],
 )
-def test_errors_name_the_same_place_as_the_dict_path(monkeypatch, spans, where):
+def test_errors_name_the_same_place_as_the_dict_path(
+    monkeypatch: pytest.MonkeyPatch, spans: Any, where: Any
+) -> None:
     traces = [{"traceID": "01", "spans": [_span()]}] * 1 + [{"traceID": "ab", "spans": spans}]
     traces += [{"traceID": "02", "spans": [_span()]}] * 20
     with pytest.raises(InputFormatError) as reference:
@@ -315,7 +327,7 @@ _NOT_JSON = [
 
 
 @pytest.mark.parametrize("bad", _NOT_JSON, ids=range(len(_NOT_JSON)))
-def test_what_orjson_refuses_fails_as_before(monkeypatch, bad):
+def test_what_orjson_refuses_fails_as_before(monkeypatch: pytest.MonkeyPatch, bad: Any) -> None:
     with pytest.raises(orjson.JSONDecodeError):  # the splitter's signal: not JSON, probe it
         js.decode_traces(b"[" + _GOOD % 1 + b"," + bad + b"]")
     good = [_GOOD % i for i in range(40)]
@@ -330,7 +342,7 @@ def test_what_orjson_refuses_fails_as_before(monkeypatch, bad):
     assert "invalid JSON" in str(typed.value)
 
 
-def test_nesting_too_deep_for_msgspec_but_not_for_orjson_is_read_as_dicts():
+def test_nesting_too_deep_for_msgspec_but_not_for_orjson_is_read_as_dicts() -> None:
     deep = b"[" * 1000 + b"]" * 1000
     text = b'[{"traceID":"1","spans":[{"spanID":"1","startTime":1}],"warnings":' + deep + b"}]"
     with pytest.raises(RecursionError):
@@ -339,7 +351,7 @@ def test_nesting_too_deep_for_msgspec_but_not_for_orjson_is_read_as_dicts():
     assert type(trace) is dict and trace["spans"] == [{"spanID": "1", "startTime": 1}]
 
 
-def test_a_repeated_tags_text_is_trusted_only_once_decoded(monkeypatch):
+def test_a_repeated_tags_text_is_trusted_only_once_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     # The cache holds tags text that decoded; text that does not decode is never a hit.
     tags = b'[{"key":"k","type":"string","value":"v"}]'
     span = b'{"spanID":"1","startTime":1,"processID":"p","tags":%s}'
@@ -438,7 +450,7 @@ good_trace = st.fixed_dictionaries(
 )
 
 
-def _outcome(fn) -> Any:
+def _outcome(fn: Any) -> Any:
     try:
         return ("rows", repr(fn()))
     except Exception as exc:  # noqa: BLE001 — compared, not swallowed
@@ -449,7 +461,7 @@ def _outcome(fn) -> Any:
     max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 @given(one=st.one_of(good_trace, trace))
-def test_any_trace_reads_the_same_typed_or_as_a_dict(one):
+def test_any_trace_reads_the_same_typed_or_as_a_dict(one: Any) -> None:
     text = json.dumps([one]).encode()  # orjson cannot write integers beyond 64 bits
     expected = _outcome(lambda: dict_rows(orjson.loads(text)[0]))
     (decoded,) = js.decode_traces(text)
@@ -465,7 +477,7 @@ def test_any_trace_reads_the_same_typed_or_as_a_dict(one):
     max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )
 @given(traces=st.lists(st.one_of(good_trace, good_trace, trace), min_size=1, max_size=12))
-def test_any_export_streams_like_the_dict_path(traces):
+def test_any_export_streams_like_the_dict_path(traces: Any) -> None:
     data = json.dumps({"data": traces}, separators=(",", ":")).encode()
     expected = _outcome(lambda: _reference(orjson.loads(data)["data"]).to_pylist())
 
