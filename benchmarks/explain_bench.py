@@ -128,32 +128,10 @@ def main() -> None:
     base, base_min, _ = time_command([py, "-c", "import duckdb"], args.runs)
     # What the store imports now: the extension the duckdb package re-exports.
     ext, ext_min, _ = time_command([py, "-c", "import _duckdb"], args.runs)
-    bare_cmd = [
-        py,
-        "-m",
-        "tracelens",
-        "explain",
-        "--trace-id",
-        trace_id,
-        "--db",
-        str(db),
-        "--format",
-        "json",
-        "--no-findings",
-    ]
+    full_cmd = [py, "-m", "tracelens", "explain", "--trace-id", trace_id, "--db", str(db)]
+    full_cmd += ["--format", "json"]
+    bare_cmd = [*full_cmd, "--no-findings"]
     bare, bare_min, _ = time_command(bare_cmd, args.runs)
-    full_cmd = [
-        py,
-        "-m",
-        "tracelens",
-        "explain",
-        "--trace-id",
-        trace_id,
-        "--db",
-        str(db),
-        "--format",
-        "json",
-    ]
     full, full_min, out = time_command(full_cmd, args.runs)
     assert trace_id in out
 

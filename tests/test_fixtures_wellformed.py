@@ -16,6 +16,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tracelens import detectors
+
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS_DIR = REPO / "fixtures" / "scenarios"
 GENERATE_DIR = REPO / "fixtures" / "generate"
@@ -24,15 +26,7 @@ sys.path.insert(0, str(GENERATE_DIR))
 import facts  # noqa: E402  (fixtures/generate/facts.py: stdlib only)
 
 SCENARIOS = sorted(p for p in SCENARIOS_DIR.glob("*/") if (p / "expected.json").exists())
-KINDS = {
-    "n_plus_one",
-    "pool_wait",
-    "lock_contention",
-    "tail_latency",
-    "slow_query",
-    "sequential_calls",
-    "error_origin",
-}
+KINDS = set(detectors.KINDS)
 FIRE_REQUIRED = {"kind", "service", "resource_contains", "min_count", "trace_ids"}
 FIRE_OPTIONAL = {"max_in_flight", "component_contains", "operation"}
 MAX_BYTES = 300_000

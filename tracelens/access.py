@@ -179,13 +179,13 @@ class RemoteReader:
         return int(json.loads(self._request("GET", "count"))["traces"])
 
     def get_trace(self, trace_id: str) -> pa.Table:
-        return _table(self._request("GET", "traces/" + quote(trace_id.lower(), safe="")))
+        return _table(self._request("GET", "traces/" + _path_id(trace_id)))
 
     def get_trace_spans(self, trace_id: str) -> list[Span]:
         """One trace as ``Span`` objects from JSON rows: ``explain`` then needs no pyarrow."""
         from tracelens.model import spans_from_rows, spans_from_table
 
-        route = "traces/" + quote(trace_id.lower(), safe="")
+        route = "traces/" + _path_id(trace_id)
         try:
             reply = json.loads(self._request("GET", route + "/rows"))
         except RouteMissing:  # a server from before the route: the Arrow way
@@ -198,7 +198,7 @@ class RemoteReader:
         from tracelens.model import Finding
 
         try:
-            found = json.loads(self._request("GET", "findings/" + quote(trace_id.lower(), safe="")))
+            found = json.loads(self._request("GET", "findings/" + _path_id(trace_id)))
         except RouteMissing:
             return None
         return [Finding(**f) for f in found]
@@ -280,6 +280,11 @@ class RemoteReader:
         except (ValueError, AttributeError):
             message = exc.reason
         return StoreError(f"{self.state.db} (via the server): {message}")
+
+
+def _path_id(trace_id: str) -> str:
+    """A trace id as one URL path segment (whatever the user typed)."""
+    return quote(trace_id.lower(), safe="")
 
 
 def _table(data: bytes) -> pa.Table:

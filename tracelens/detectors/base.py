@@ -35,15 +35,6 @@ if TYPE_CHECKING:
     from tracelens.model import Finding, Span
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-FINDING_KINDS = (
-    "n_plus_one",
-    "pool_wait",
-    "lock_contention",
-    "tail_latency",
-    "slow_query",
-    "sequential_calls",
-    "error_origin",
-)
 
 
 @dataclass(frozen=True)

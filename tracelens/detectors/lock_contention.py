@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from tracelens.detectors.base import impact_share, make_finding
 from tracelens.detectors.intervals import InFlight, quantile, queue, rank_correlation
 from tracelens.detectors.n_plus_one import ACQUIRE_NAMES, matching_names
-from tracelens.detectors.pool_wait import caller_operation, family, with_ready
+from tracelens.detectors.pool_wait import caller_operation, family, parent_times, with_ready
 
 if TYPE_CHECKING:
     import polars as pl
@@ -213,15 +213,7 @@ def releases(group: pl.DataFrame, spans: pl.DataFrame) -> pl.DataFrame:
         .group_by(key)
         .agg(pl.col("end_ns").max().alias("_last_child"))
     )
-    parent_end = (
-        spans.select(
-            "trace_id",
-            pl.col("span_id").alias("parent_span_id"),
-            pl.col("end_ns").alias("_parent_end"),
-        )
-        .join(parents, on=key, how="semi")
-        .unique(key)
-    )
+    parent_end = parent_times(spans, parents, "end_ns", "_parent_end")
     with_p = group.join(last_child, on=key, how="left").join(parent_end, on=key, how="left")
     return (
         with_p.select(

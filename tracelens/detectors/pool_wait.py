@@ -160,6 +160,22 @@ def family(spans: pl.DataFrame, calls: pl.DataFrame) -> pl.DataFrame:
     return spans.filter(pl.col("trace_id").is_in(calls["trace_id"].unique().implode()))
 
 
+def parent_times(
+    spans: pl.DataFrame, parents: pl.DataFrame, column: str, alias: str
+) -> pl.DataFrame:
+    """``column`` of each parent in ``parents`` (``trace_id``, ``parent_span_id``) as ``alias``."""
+    import polars as pl
+
+    key = ["trace_id", "parent_span_id"]
+    return (
+        spans.select(
+            "trace_id", pl.col("span_id").alias("parent_span_id"), pl.col(column).alias(alias)
+        )
+        .join(parents, on=key, how="semi")
+        .unique(key)
+    )
+
+
 def with_ready(
     calls: pl.DataFrame,
     spans: pl.DataFrame,
@@ -186,15 +202,7 @@ def with_ready(
     if skip_names:
         siblings = siblings.filter(~pl.col("name").is_in(skip_names))
     siblings = siblings.select(*key, pl.col("end_ns").alias("_sib_end")).sort("_sib_end")
-    parent_start = (
-        spans.select(
-            "trace_id",
-            pl.col("span_id").alias("parent_span_id"),
-            pl.col("start_ns").alias("_parent_start"),
-        )
-        .join(parents, on=key, how="semi")
-        .unique(key)
-    )
+    parent_start = parent_times(spans, parents, "start_ns", "_parent_start")
     out = (
         calls.join(parent_start, on=key, how="left")
         .sort("start_ns")
