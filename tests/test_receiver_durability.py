@@ -27,6 +27,7 @@ from receiver_support import (
 )
 
 from tracelens.access import RemoteReader, open_reader, read_state, state_path
+from tracelens.journal import journal_dir, pending_files
 from tracelens.store import Store
 
 LIMIT = 8 << 20
@@ -165,8 +166,11 @@ def test_sigterm_under_load_drains_commits_and_exits_0(tmp_path: Path) -> None:
     assert any("stopped;" in line for line in server.output())
 
 
-def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
-    """The OTel SDK gRPC exporter streams; SIGKILL; restart; every acknowledged span is there."""
+@pytest.mark.parametrize("then", ["restart", "read the file"])
+def test_kill_9_loses_no_acknowledged_span(tmp_path: Path, then: str) -> None:
+    """The OTel SDK gRPC exporter streams; SIGKILL; every acknowledged span is there, read
+    through a restarted server or, with none running, from the file (the journal the killed
+    server left is replayed either way)."""
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     db = tmp_path / "kill.duckdb"
@@ -199,12 +203,19 @@ def test_kill_9_loses_no_acknowledged_span(tmp_path: Path) -> None:
         server.stop()
     assert 1_000 <= len(acked) < 4_000, "the kill should land mid-stream"
     assert read_state(db) is not None  # a kill -9 leaves the state file behind
+    assert pending_files(db), "the killed server's journal should be left to replay"
 
-    restarted = start_server(db)
-    try:
+    if then == "restart":
+        restarted = start_server(db)
+        try:
+            with open_reader(db) as reader:
+                assert isinstance(reader, RemoteReader)
+                stored = _ids(reader)
+        finally:
+            assert restarted.terminate() == 0
+    else:
         with open_reader(db) as reader:
-            assert isinstance(reader, RemoteReader)
+            assert isinstance(reader, Store)
             stored = _ids(reader)
-    finally:
-        assert restarted.terminate() == 0
     assert acked <= stored, f"{len(acked - stored)} acknowledged spans lost"
+    assert not pending_files(db) and not journal_dir(db).exists()

@@ -111,6 +111,13 @@ def _duckdb() -> ModuleType:
     return duckdb
 
 
+def _journal_left(path: str) -> bool:
+    """Whether ``serve``'s write-ahead journal (``tracelens.journal``) has files to replay."""
+    from tracelens.journal import pending_files
+
+    return bool(pending_files(path))
+
+
 def _with_arrow() -> None:
     """Load the ``duckdb`` package: it patches ``sql`` and the Arrow results onto connections."""
     import duckdb  # noqa: F401
@@ -125,6 +132,8 @@ class Store:
         self.read_only = read_only
         if read_only and not Path(self.path).exists():
             raise StoreError(f"{self.path}: no such store (import traces or run serve first)")
+        if read_only and _journal_left(self.path):
+            Store(self.path).close()  # a server was killed: replay its journal first
         try:
             self.con: duckdb.DuckDBPyConnection = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:
@@ -141,6 +150,14 @@ class Store:
         if not read_only:
             self._ensure_schema()
         self._check_schema()
+        if not read_only and _journal_left(self.path):
+            from tracelens.journal import recover
+
+            try:
+                recover(self)
+            except BaseException:
+                self.con.close()
+                raise
 
     # -- lifecycle -------------------------------------------------------------------------
 

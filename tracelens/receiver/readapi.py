@@ -42,6 +42,7 @@ PREFIX = "/api/v1/"
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 JSON_TYPE = "application/json"
 MAX_QUERY_BODY = 16 << 20
+SETTLE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,10 @@ class Reply:
 class ReadAPI:
     """Answers read requests from a live store (the writer's connection is not used)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, settle: Callable[[float], bool] | None = None) -> None:
         self.store = store
+        # Waits until every acknowledged span is in the store (see receiver.journaled).
+        self._settle = settle
         self._rules: list[Any] | None = None  # the built-in rules, loaded on first use
 
     @contextmanager
@@ -79,6 +82,8 @@ class ReadAPI:
         try:
             if route == "health" and method == "GET":
                 return _json({"status": "ok", "pid": os.getpid()})
+            if self._settle is not None and not self._settle(SETTLE_TIMEOUT_S):
+                return _json({"error": "the store is behind the acknowledged spans; retry"}, 503)
             if route == "count" and method == "GET":
                 with self._view() as store:
                     return _json({"spans": store.count_spans(), "traces": store.count_traces()})

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tracelens.receiver.grpc_server import GrpcServer, TraceService
     from tracelens.receiver.handler import SpanConsumer
     from tracelens.receiver.http_server import OTLPHTTPServer
+    from tracelens.receiver.journaled import JournaledStore
     from tracelens.receiver.pool import DecodePool
     from tracelens.receiver.readapi import ReadAPI
     from tracelens.receiver.writer import Writer
@@ -220,7 +221,7 @@ def run(config: ServeConfig, *, out=None) -> int:  # noqa: ANN001 — a text str
     tune_runtime()
     stop = threading.Event()
     _on_signals(stop)
-    store, writer, receiver = _start(config)
+    store, journaled, writer, receiver = _start(config)
     state = _state(config, receiver, store.path)
     write_state(state)
     print(
@@ -234,21 +235,25 @@ def run(config: ServeConfig, *, out=None) -> int:  # noqa: ANN001 — a text str
         print("tracelens serve: stopping: answering running requests…", file=out, flush=True)
         receiver.stop()
         drained = writer.close()
+        drained = journaled.close() and drained
     finally:
         remove_state(state)
         store.close()
-    stats = writer.stats
+    stored, journal = journaled.stats, writer.stats
     print(
-        f"tracelens serve: stopped; {stats.inserted} new spans stored in {stats.commits} commits "
-        f"({stats.commit_seconds:.1f} s committing, {stats.convert_seconds:.1f} s converting)",
+        f"tracelens serve: stopped; {stored.inserted} new spans stored in {stored.commits} "
+        f"commits ({stored.seconds:.1f} s storing; {journal.commits} journal commits, "
+        f"{journal.commit_seconds:.1f} s journaling, {journal.convert_seconds:.1f} s converting)",
         file=out, flush=True,
     )  # fmt: skip
     return 0 if drained else 1
 
 
-def _start(config: ServeConfig) -> tuple[Store, Writer, Receiver]:
+def _start(config: ServeConfig) -> tuple[Store, JournaledStore, Writer, Receiver]:
     """Open the store, start the writer and bind both ports; undo it all if a step fails."""
     from tracelens.access import live_server
+    from tracelens.journal import Journal
+    from tracelens.receiver.journaled import JournaledStore
     from tracelens.receiver.readapi import ReadAPI
     from tracelens.receiver.writer import MAX_PENDING_SPANS, Writer, tune_store
     from tracelens.store import Store
@@ -258,20 +263,22 @@ def _start(config: ServeConfig) -> tuple[Store, Writer, Receiver]:
     if holder is not None:
         raise ReceiverError(f"{db} is already served by pid {holder.pid} at {holder.http}")
     existed = os.path.exists(db)
-    store = Store(db)
+    store = Store(db)  # replays the journal a killed server left
     tune_store(store)
-    writer = Writer(store, max_pending_spans=config.max_pending_spans or MAX_PENDING_SPANS)
+    journaled = JournaledStore(store, Journal(db))
+    writer = Writer(journaled, max_pending_spans=config.max_pending_spans or MAX_PENDING_SPANS)
     try:
-        receiver = Receiver(config, writer.start(), ReadAPI(store)).start()
+        receiver = Receiver(config, writer.start(), ReadAPI(store, journaled.settle)).start()
     except BaseException:
         writer.close()
+        journaled.close()
         store.close()
         if not existed:  # do not leave an empty store behind a failed start
             for path in (db, db + ".wal"):
                 with contextlib.suppress(OSError):
                     os.remove(path)
         raise
-    return store, writer, receiver
+    return store, journaled, writer, receiver
 
 
 def _state(config: ServeConfig, receiver: Receiver, db: str) -> ServerState:
