@@ -243,10 +243,16 @@ def run(config: ServeConfig, *, out=None) -> int:  # noqa: ANN001 — a text str
     print(
         f"tracelens serve: stopped; {stored.inserted} new spans stored in {stored.commits} "
         f"commits ({stored.seconds:.1f} s storing; {journal.commits} journal commits, "
-        f"{journal.commit_seconds:.1f} s journaling, {journal.convert_seconds:.1f} s converting)",
+        f"{journal.commit_seconds:.1f} s journaling, {journal.convert_seconds:.1f} s converting; "
+        f"{journal.requests} requests answered {_ms(journal.wait_seconds, journal.requests)} "
+        "after reaching the writer, on average)",
         file=out, flush=True,
     )  # fmt: skip
     return 0 if drained else 1
+
+
+def _ms(seconds: float, count: int) -> str:
+    return f"{seconds / count * 1e3:.0f} ms" if count else "–"
 
 
 def _start(config: ServeConfig) -> tuple[Store, JournaledStore, Writer, Receiver]:

@@ -2,10 +2,11 @@
 
 A request calls :meth:`Writer.consume` (or awaits :meth:`Writer.consume_async`) and returns
 once the commit that holds its spans has returned, so a request is acknowledged only after
-its spans are durable. While one commit runs, the next requests queue up and go into the
-next commit together: the commit cost is shared, and DuckDB's single writer is never
-contended. The queue is bounded in spans; when it is full the request is refused as
-retryable (OTLP backpressure).
+its spans are durable. In ``serve`` that commit goes to the write-ahead journal
+(``receiver.journaled``), which moves the spans into the store behind it. While one commit
+runs, the next requests queue up and go into the next commit together: the commit cost is
+shared, and DuckDB's single writer is never contended. The queue is bounded in spans; when
+it is full the request is refused as retryable (OTLP backpressure).
 
 Two threads form a pipeline: one groups the queued requests and converts their spans to
 one Arrow batch (Python, holds the GIL) while the other commits the previous group (DuckDB,
@@ -36,10 +37,11 @@ log = logging.getLogger(__name__)
 MAX_PENDING_SPANS = 100_000  # queued + committing; beyond this requests get UNAVAILABLE
 MAX_COMMIT_SPANS = 50_000  # spans per commit
 ACK_TIMEOUT_S = 60.0
-# A commit costs ~20 ms however small (a DuckDB transaction, its WAL sync, the duplicate
-# check), so under load the writer waits up to LINGER_S after the oldest queued request for
-# MIN_COMMIT_SPANS to gather: fewer, larger commits for a bounded wait.
-LINGER_S = 0.02
+# A journal commit costs a few ms however small (a DuckDB transaction and its WAL sync), so
+# the writer waits up to LINGER_S after the oldest queued request for MIN_COMMIT_SPANS to
+# gather: fewer, larger commits for a bounded wait. 20 ms gave a half-rate Export p50 of
+# 34-45 ms, 5 ms 22-27 ms (benchmarks/RESULTS.md).
+LINGER_S = 0.005
 MIN_COMMIT_SPANS = 10_000
 
 
@@ -69,6 +71,8 @@ class WriterStats:
     inserted: int = 0  # spans new to the store
     commit_seconds: float = 0.0  # in Store.write
     convert_seconds: float = 0.0  # decoder blocks → Arrow
+    requests: int = 0  # answered
+    wait_seconds: float = 0.0  # summed over requests: queued → answered
 
 
 class Writer:
@@ -291,6 +295,9 @@ class Writer:
         with self._cond:
             for item in group:
                 self._pending_spans -= item.spans
+        now = time.monotonic()
+        self.stats.requests += len(group)
+        self.stats.wait_seconds += sum(now - item.queued_at for item in group)
         for item in group:
             item.error = error
             item.done.set()
