@@ -5,10 +5,11 @@ store which of its (trace_id, span_id) pairs are there already. This writes the 
 requests (``benchmarks/ingest.py``'s realistic 500-span requests, fresh ids per send) through
 ``Store.write`` with each way of asking, alternating, on a fresh store each time:
 
-- ``probe``: the trace ids in IN-lists, looked up in the ``trace_id`` index (the default for
-  up to ``store.PROBE_MAX_IDS`` ids);
+- ``probe``: the trace ids in IN-lists, looked up in the ``trace_id`` index;
 - ``semi-join``: one ``WHERE trace_id IN (SELECT trace_id FROM incoming)``, which scans the
-  ``trace_id`` column (what file imports use for their large chunks).
+  ``trace_id`` column;
+- ``by cost`` (the default): whichever of the two costs less for the ids and the store's size
+  (``store.PROBE_ROWS_PER_ID``).
 
     python benchmarks/store_commits.py [--commits 300] [--requests-per-commit 4] [--rounds 2]
 """
@@ -30,7 +31,7 @@ from tracelens import store as store_module  # noqa: E402
 from tracelens.receiver.decode import decode  # noqa: E402
 from tracelens.receiver.writer import _one_batch, tune_store  # noqa: E402
 
-MODES = {"probe": store_module.PROBE_MAX_IDS, "semi-join": 0}
+MODES = {"probe": 0, "semi-join": 10**12, "by cost": store_module.PROBE_ROWS_PER_ID}
 
 
 def commits(count: int, per_commit: int) -> list:
@@ -46,7 +47,7 @@ def commits(count: int, per_commit: int) -> list:
 
 
 def run(batches: list, mode: str, directory: str) -> dict:
-    store_module.PROBE_MAX_IDS = MODES[mode]
+    store_module.PROBE_ROWS_PER_ID = MODES[mode]
     path = os.path.join(directory, f"{mode}.duckdb")
     store = store_module.Store(path)
     tune_store(store)

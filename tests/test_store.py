@@ -73,14 +73,16 @@ def test_write_dedupes_and_reads_back_typed(store: Store) -> None:
 
 
 @pytest.mark.parametrize(
-    ("probe_ids", "probe_max"), [(256, 2048), (2, 2048), (256, 0)], ids=["probe", "chunks", "scan"]
+    ("probe_ids", "rows_per_id"),
+    [(256, 0), (2, 0), (256, 10**12), (512, 500)],
+    ids=["probe", "chunks", "scan", "by cost"],
 )
 def test_dedupe_keeps_one_row_whichever_way_stored_ids_are_found(
-    store: Store, monkeypatch: pytest.MonkeyPatch, probe_ids: int, probe_max: int
+    store: Store, monkeypatch: pytest.MonkeyPatch, probe_ids: int, rows_per_id: int
 ) -> None:
-    """Index probes (in chunks) for a few trace ids, a semi-join scan for many: same rows."""
+    """Index probes (in chunks) or a semi-join scan of the trace_id column: same rows."""
     monkeypatch.setattr(store_module, "PROBE_IDS", probe_ids)
-    monkeypatch.setattr(store_module, "PROBE_MAX_IDS", probe_max)
+    monkeypatch.setattr(store_module, "PROBE_ROWS_PER_ID", rows_per_id)
     old = [f"{i:032x}" for i in range(1, 6)]
     assert store.write([_batch(t, 3) for t in old]).inserted == 15
     mixed = [_batch(t, 4) for t in old[1:4] + [f"{i:032x}" for i in range(50, 53)]]
