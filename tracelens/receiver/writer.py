@@ -39,9 +39,9 @@ MAX_COMMIT_SPANS = 50_000  # spans per commit
 ACK_TIMEOUT_S = 60.0
 # A journal commit costs a few ms however small (a DuckDB transaction and its WAL sync), so
 # the writer waits up to LINGER_S after the oldest queued request for MIN_COMMIT_SPANS to
-# gather: fewer, larger commits for a bounded wait. 20 ms gave a half-rate Export p50 of
-# 34-45 ms, 5 ms 22-27 ms (benchmarks/RESULTS.md).
-LINGER_S = 0.005
+# gather: fewer, larger commits for a bounded wait. At half rate, 20 ms gave an Export p50 of
+# 35-45 ms and 5 ms one of 21-37 ms, but twice the journal commits (benchmarks/RESULTS.md).
+LINGER_S = 0.01
 MIN_COMMIT_SPANS = 10_000
 
 
