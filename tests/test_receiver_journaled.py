@@ -120,3 +120,39 @@ def test_write_waits_while_the_store_is_too_far_behind(tmp_path: Path, monkeypat
         store.gate.set()
         assert journaled.close()
     assert sum(store.commits) == 10
+
+
+def test_a_journal_file_that_cannot_be_deleted_does_not_stop_the_store(tmp_path: Path) -> None:
+    store = _PathStore()
+    journaled = _journaled(tmp_path, store, min_spans=1, linger_s=0)
+    real_release = journaled.journal.release
+    calls: list[int] = []
+
+    def release(stored_seq: int) -> None:
+        calls.append(stored_seq)
+        if len(calls) == 1:
+            raise PermissionError("read-only directory")
+        real_release(stored_seq)
+
+    journaled.journal.release = release  # type: ignore[method-assign]
+    try:
+        journaled.write([_batch(2)])
+        assert journaled.settle(5)
+        journaled.write([_batch(3)])  # the store thread is still alive and storing
+        assert journaled.settle(5)
+        assert store.commits == [2, 3] and calls == [1, 2]
+    finally:
+        assert journaled.close()
+
+
+def test_an_unexpected_failure_of_the_store_thread_refuses_writes(tmp_path: Path) -> None:
+    class _Exits(_PathStore):
+        def write(self, batches):  # noqa: ANN001, ANN202
+            raise SystemExit("not an Exception")
+
+    journaled = _journaled(tmp_path, _Exits(), min_spans=1, linger_s=0)
+    journaled.write([_batch(2)])
+    assert not journaled.settle(5)
+    with pytest.raises(StoreError, match="not an Exception"):
+        journaled.write([_batch(2)])
+    assert not journaled.close()

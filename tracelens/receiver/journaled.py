@@ -146,27 +146,41 @@ class JournaledStore:
     # -- the store thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            group = self._next_group()
-            if group is None:
-                return
-            error = self._store(group)
-            with self._cond:
-                if error is None:
-                    self._stored_seq = group[-1].seq
-                    for entry in group:
-                        self._behind.popleft()
-                        self._behind_spans -= entry.batch.num_rows
-                else:
-                    self._failed = (
-                        f"could not store spans (they stay in {self.journal.directory} "
-                        f"for the next start): {error}"
-                    )
-                    log.error("%s", self._failed)
-                self._cond.notify_all()
-            if error is not None:
-                return
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # noqa: BLE001 — never leave writers waiting on a dead thread
+            self._fail(exc)
+
+    def _step(self) -> bool:
+        """Store the next group; False once closed and drained, or after a failure."""
+        group = self._next_group()
+        if group is None:
+            return False
+        error = self._store(group)
+        if error is not None:
+            self._fail(error)
+            return False
+        with self._cond:
+            self._stored_seq = group[-1].seq
+            for entry in group:
+                self._behind.popleft()
+                self._behind_spans -= entry.batch.num_rows
+            self._cond.notify_all()
+        try:
             self.journal.release(self._stored_seq)
+        except OSError as exc:  # a file not deleted now is deleted by the next replay
+            log.warning("could not delete a stored journal file: %s", exc)
+        return True
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            self._failed = (
+                f"could not store spans (they stay in {self.journal.directory} "
+                f"for the next start): {error}"
+            )
+            self._cond.notify_all()
+        log.error("%s", self._failed)
 
     def _next_group(self) -> list[_Entry] | None:
         with self._cond:
