@@ -1,10 +1,11 @@
-"""The DuckDB store: the only module that talks to DuckDB.
+"""The DuckDB store. Only this module and ``journal`` (``serve``'s write-ahead journal, DuckDB
+files of its own beside the store, replayed here when a killed server left one) talk to DuckDB.
 
 Table ``spans`` holds ``model.SPAN_SCHEMA`` plus ``span_key`` (a hash of trace and span id).
 An ART index on ``trace_id`` keeps one-trace lookups O(trace) on a store of tens of millions
 of spans, and it is also what makes writes idempotent (client retries, re-imports): a write
-first asks which of its trace ids are stored already (an index probe, or one scan of the
-``trace_id`` column for thousands of ids) and drops the rows whose ``(trace_id, span_id)`` is
+first asks which of its trace ids are stored already (index probes, or one scan of the
+``trace_id`` column, whichever costs less) and drops the rows whose ``(trace_id, span_id)`` is
 there. That costs half of what a hashed PRIMARY KEY did (every row an ART insert and an
 ``INSERT OR IGNORE`` conflict check), which older stores still have and keep using.
 Every value reaches SQL as a parameter; identifiers come only from ``SPAN_SCHEMA``.
