@@ -232,3 +232,15 @@ def synthetic_request(spans: int, service: str = "load") -> tuple[bytes, set[tup
         span.attributes.append(KeyValue(key="i", value=AnyValue(int_value=i)))
         ids.add((trace_id.hex(), span.span_id.hex()))
     return request.SerializeToString(), ids
+
+
+def decoded(count: int, name: str = "op", service: str = "shop") -> Any:
+    """``count`` SDK spans named ``name``, exported as one request and decoded (``Decoded``)."""
+    from tracelens.receiver.decode import Decoder
+
+    request = export_request(sdk_spans(count, service=service))
+    for rs in request.resource_spans:
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                s.name = name
+    return Decoder().decode(request.SerializeToString(), "test")

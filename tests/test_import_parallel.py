@@ -159,28 +159,30 @@ def test_a_bad_cut_is_read_again_in_order(monkeypatch):
     assert failures  # the lookalike really produced a bad cut
 
 
+def _same_error_both_ways(data: bytes) -> str:
+    """The error reading ``data`` in one process and with workers; they must be the same."""
+    with pytest.raises(InputFormatError) as sequential:
+        _table(jaeger_json.read(_stream(data), "t.json"))
+    with pytest.raises(InputFormatError) as parallel:
+        _read_parallel(data)
+    assert str(parallel.value) == str(sequential.value)
+    return str(parallel.value)
+
+
 def test_a_bad_trace_is_named_as_without_workers(export, monkeypatch):
     doc = orjson.loads(export)
     bad = len(doc["data"]) - 4  # after several runs
     doc["data"][bad]["spans"][1].pop("startTime")
     data = orjson.dumps(doc)
     monkeypatch.setattr(jaeger_json, "RUN_BYTES", 16_384)
-    with pytest.raises(InputFormatError) as sequential:
-        _table(jaeger_json.read(_stream(data), "t.json"))
-    with pytest.raises(InputFormatError) as parallel:
-        _read_parallel(data)
-    assert str(parallel.value) == str(sequential.value)
-    assert f"data[{bad}].spans[1]: missing field 'startTime'" in str(parallel.value)
+    message = _same_error_both_ways(data)
+    assert f"data[{bad}].spans[1]: missing field 'startTime'" in message
 
 
 def test_broken_json_after_the_runs_names_the_byte(export, monkeypatch):
     data = export[: len(export) // 2] + b"}" + export[len(export) // 2 :]
     monkeypatch.setattr(jaeger_json, "RUN_BYTES", 16_384)
-    with pytest.raises(InputFormatError) as sequential:
-        _table(jaeger_json.read(_stream(data), "t.json"))
-    with pytest.raises(InputFormatError) as parallel:
-        _read_parallel(data)
-    assert str(parallel.value) == str(sequential.value)
+    _same_error_both_ways(data)
 
 
 def test_failing_workers_leave_the_work_to_this_process(export, monkeypatch):

@@ -9,19 +9,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from receiver_support import export_request, sdk_spans
+from receiver_support import decoded
 
 from tracelens import journal as journal_module
 from tracelens.errors import StoreError
 from tracelens.journal import Journal, journal_dir, pending_files, recover
-from tracelens.receiver.decode import Decoder
 from tracelens.store import Store
 
 
 def _batch(n: int, service: str = "shop") -> pa.RecordBatch:
-    request = export_request(sdk_spans(n, service=service))
-    batches = Decoder().decode(request.SerializeToString(), "test").batches
-    return pa.concat_batches(batches)
+    return pa.concat_batches(decoded(n, service=service).batches)
 
 
 def _ids(store: Store) -> list[tuple[str, str]]:

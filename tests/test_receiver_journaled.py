@@ -8,38 +8,28 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from receiver_support import FakeStore, export_request, sdk_spans
+from receiver_support import FakeStore, decoded
 
 from tracelens.errors import StoreError
 from tracelens.journal import Journal, journal_dir, pending_files
 from tracelens.receiver import journaled as journaled_module
-from tracelens.receiver.decode import Decoder
 from tracelens.receiver.journaled import JournaledStore
 from tracelens.store import Store
 
 
 def _batch(n: int, name: str = "op") -> pa.RecordBatch:
-    request = export_request(sdk_spans(n))
-    for rs in request.resource_spans:
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                s.name = name
-    return pa.concat_batches(Decoder().decode(request.SerializeToString(), "test").batches)
-
-
-class _PathStore(FakeStore):
-    path = ""
+    return pa.concat_batches(decoded(n, name).batches)
 
 
 def _journaled(tmp_path: Path, store: FakeStore | Store | None = None, **kw) -> JournaledStore:
-    fake = store if store is not None else _PathStore()
-    return JournaledStore(fake, Journal(tmp_path / "x.duckdb"), **kw)  # type: ignore[arg-type]
+    target = store if store is not None else FakeStore()
+    return JournaledStore(target, Journal(tmp_path / "x.duckdb"), **kw)  # type: ignore[arg-type]
 
 
 def test_write_returns_at_the_journal_commit_and_settle_waits_for_the_store(
     tmp_path: Path,
 ) -> None:
-    store = _PathStore()
+    store = FakeStore()
     store.gate.clear()  # the store cannot commit yet
     journaled = _journaled(tmp_path, store, min_spans=1, linger_s=0)
     try:
@@ -59,7 +49,7 @@ def test_write_returns_at_the_journal_commit_and_settle_waits_for_the_store(
 def test_the_store_gets_large_groups_and_a_reader_makes_it_commit_at_once(
     tmp_path: Path,
 ) -> None:
-    store = _PathStore()
+    store = FakeStore()
     journaled = _journaled(tmp_path, store, min_spans=1_000, linger_s=60)
     try:
         for _ in range(4):
@@ -87,7 +77,7 @@ def test_close_stores_everything_journaled(tmp_path: Path) -> None:
 
 
 def test_a_store_failure_keeps_the_journal_and_refuses_further_writes(tmp_path: Path) -> None:
-    store = _PathStore()
+    store = FakeStore()
     store.poison = {"bad"}
     journaled = _journaled(tmp_path, store, min_spans=1, linger_s=0)
     journaled.write([_batch(3, "bad")])  # acknowledged: it is in the journal
@@ -100,7 +90,7 @@ def test_a_store_failure_keeps_the_journal_and_refuses_further_writes(tmp_path: 
 
 def test_write_waits_while_the_store_is_too_far_behind(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(journaled_module, "BEHIND_WAIT_S", 0.3)
-    store = _PathStore()
+    store = FakeStore()
     store.gate.clear()
     journaled = _journaled(tmp_path, store, min_spans=1, linger_s=0, max_behind=8)
     try:
@@ -123,7 +113,7 @@ def test_write_waits_while_the_store_is_too_far_behind(tmp_path: Path, monkeypat
 
 
 def test_a_journal_file_that_cannot_be_deleted_does_not_stop_the_store(tmp_path: Path) -> None:
-    store = _PathStore()
+    store = FakeStore()
     journaled = _journaled(tmp_path, store, min_spans=1, linger_s=0)
     real_release = journaled.journal.release
     calls: list[int] = []
@@ -146,7 +136,7 @@ def test_a_journal_file_that_cannot_be_deleted_does_not_stop_the_store(tmp_path:
 
 
 def test_an_unexpected_failure_of_the_store_thread_refuses_writes(tmp_path: Path) -> None:
-    class _Exits(_PathStore):
+    class _Exits(FakeStore):
         def write(self, batches):  # noqa: ANN001, ANN202
             raise SystemExit("not an Exception")
 

@@ -8,22 +8,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from receiver_support import FakeStore, export_request, sdk_spans
+from receiver_support import FakeStore, decoded
 
-from tracelens.receiver.decode import Decoder
 from tracelens.receiver.status import Condition, ExportFault
 from tracelens.receiver.writer import Writer
 from tracelens.store import Store
 
 
 def _batch(n: int, name: str = "op") -> list[pa.RecordBatch]:
-    spans = sdk_spans(n)
-    request = export_request(spans)
-    for rs in request.resource_spans:
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                s.name = name
-    return Decoder().decode(request.SerializeToString(), "test").batches
+    return decoded(n, name).batches
 
 
 def _in_thread(writer: Writer, batches: list[pa.RecordBatch]) -> tuple[threading.Thread, list]:
@@ -176,13 +169,7 @@ def test_duplicates_are_stored_once_within_and_across_commits(tmp_path: Path) ->
 
 
 def _blocks(n: int, name: str = "op") -> list:
-    spans = sdk_spans(n)
-    request = export_request(spans)
-    for rs in request.resource_spans:
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                s.name = name
-    return Decoder().decode(request.SerializeToString(), "test").blocks
+    return decoded(n, name).blocks
 
 
 def test_decoder_blocks_are_stored_like_batches(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ twice: the store skips ``(trace_id, span_id)`` pairs it holds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -59,13 +60,18 @@ def pending_files(db_path: str | os.PathLike[str]) -> list[Path]:
     return sorted(files, key=lambda p: int(p.name[: -len(_SUFFIX)]))
 
 
+@functools.cache
+def _ipc_options():  # noqa: ANN202 — pyarrow's IpcWriteOptions, imported lazily
+    import pyarrow as pa
+
+    return pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
+
+
 def _ipc(batch: pa.RecordBatch) -> bytes:
     import pyarrow as pa
 
-    codec = "lz4" if pa.Codec.is_available("lz4") else None
     sink = pa.BufferOutputStream()
-    options = pa.ipc.IpcWriteOptions(compression=codec)
-    with pa.ipc.new_stream(sink, batch.schema, options=options) as writer:
+    with pa.ipc.new_stream(sink, batch.schema, options=_ipc_options()) as writer:
         writer.write_batch(batch)
     return sink.getvalue().to_pybytes()
 
@@ -74,6 +80,12 @@ def _batches(data: bytes) -> list[pa.RecordBatch]:
     import pyarrow as pa
 
     return list(pa.ipc.open_stream(data))
+
+
+def _discard_new(directory: Path) -> None:
+    """Delete files a crash left half-created: they never acknowledged anything."""
+    for stale in directory.glob(f"*{_NEW}*"):
+        stale.unlink()
 
 
 def _remove(path: Path) -> None:
@@ -114,8 +126,7 @@ class Journal:
         self.directory.mkdir(exist_ok=True)
         if pending_files(db_path):
             raise StoreError(f"{self.directory}: not replayed into the store yet")
-        for stale in self.directory.glob(f"*{_NEW}*"):
-            stale.unlink()
+        _discard_new(self.directory)
         self._lock = threading.Lock()
         self._files: list[_File] = []
         self._generation = 0
@@ -223,8 +234,7 @@ def recover(store: Store) -> int:
         _remove(path)
     directory = journal_dir(store.path)
     if directory.exists():
-        for stale in directory.glob(f"*{_NEW}*"):
-            stale.unlink()
+        _discard_new(directory)
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty
     return offered

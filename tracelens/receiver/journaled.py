@@ -87,10 +87,6 @@ class JournaledStore:
         self._thread = threading.Thread(target=self._run, name="tracelens-storer", daemon=True)
         self._thread.start()
 
-    @property
-    def path(self) -> str:
-        return self.store.path
-
     # -- the writer's side ---------------------------------------------------------------------
 
     def write(self, batches: Iterable[pa.RecordBatch]) -> WriteStats:
