@@ -96,6 +96,50 @@ def test_a_worker_dying_on_a_request_fails_only_that_request(
         pool.close()
 
 
+def test_requests_in_flight_together_get_their_own_answers(pool: DecodePool) -> None:
+    """More requests than the pipeline holds, decoded at once: each caller gets its rows."""
+    from tracelens.receiver.pool import PIPELINE_DEPTH
+
+    bodies = [
+        export_request(sdk_spans(5 + i, service=f"svc-{i}")).SerializeToString()
+        for i in range(3 * PIPELINE_DEPTH)
+    ]
+
+    async def all_at_once() -> list:
+        return await asyncio.gather(*(pool.decode(b, f"req-{i}") for i, b in enumerate(bodies)))
+
+    results = asyncio.run(all_at_once())
+    for i, result in enumerate(results):
+        services = set(pa.Table.from_batches(result.batches)["service"].to_pylist())
+        assert (result.accepted, services) == (5 + i, {f"svc-{i}"})
+
+
+def test_a_worker_dying_with_requests_in_its_pipe_fails_them_all_then_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker reads every request it is sent, answers none and exits: every request
+    waiting on it fails with WorkerDied (none hangs), and the next one gets a fresh worker."""
+    from tracelens.receiver import pool as pool_module
+
+    real = list(pool_module.WORKER_COMMAND)
+    silent = [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"]
+    monkeypatch.setattr(pool_module, "WORKER_COMMAND", silent)
+    pool = DecodePool(1)
+    try:
+        body = export_request(sdk_spans(5)).SerializeToString()
+
+        async def several() -> list:
+            calls = (pool.decode(body, f"req-{i}") for i in range(pool_module.PIPELINE_DEPTH))
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 20)
+
+        outcomes = asyncio.run(several())
+        assert [type(o) for o in outcomes] == [WorkerDied] * pool_module.PIPELINE_DEPTH
+        monkeypatch.setattr(pool_module, "WORKER_COMMAND", real)
+        assert _decode(pool, body).accepted == 5  # type: ignore[attr-defined]
+    finally:
+        pool.close()
+
+
 def test_grpc_answers_through_a_worker() -> None:
     import grpc
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (

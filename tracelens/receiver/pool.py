@@ -16,12 +16,15 @@ died sees its stdin close and exits.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import queue
 import struct
 import subprocess
 import sys
 import threading
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct(">I")
 WORKER_COMMAND = [sys.executable, "-m", "tracelens.receiver.pool"]
 _STOP: Any = None  # the job that ends a dispatcher
+PIPELINE_DEPTH = 2  # requests in a worker's pipe at once: one decoding, the next waiting
+PIPE_BYTES = 1 << 20  # a request of 500 spans is ≈ 0.2 MB, its answer about as much
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,17 @@ class WorkerDied(RuntimeError):
 
 
 class DecodePool:
-    """``workers`` decoding processes, each fed by one dispatcher thread."""
+    """``workers`` decoding processes, each fed by one dispatcher thread.
+
+    A worker has up to ``PIPELINE_DEPTH`` requests in its pipe: while it decodes one, the
+    next is already there, and a thread of its own reads the answers, in order. With one
+    request at a time the worker sat idle while the server, busy with everything else, read
+    an answer and sent the next request: it decoded at half a core.
+    """
 
     def __init__(self, workers: int) -> None:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._workers: dict[int, subprocess.Popen] = {}  # dispatcher index → its process
+        self._workers: dict[int, _Worker] = {}  # dispatcher index → its current worker
         self._threads = [
             threading.Thread(
                 target=self._dispatch, args=(i,), name=f"tracelens-decode-{i}", daemon=True
@@ -71,7 +82,7 @@ class DecodePool:
         return await future
 
     def worker_pids(self) -> list[int]:
-        return [worker.pid for worker in self._workers.values() if worker.poll() is None]
+        return [w.process.pid for w in self._workers.values() if w.process.poll() is None]
 
     def close(self, timeout_s: float = 10.0) -> None:
         for _ in self._threads:
@@ -79,69 +90,144 @@ class DecodePool:
         for thread in self._threads:
             thread.join(timeout_s)
 
-    # -- the dispatcher threads ---------------------------------------------------------------
-
     def _dispatch(self, index: int) -> None:
-        worker: subprocess.Popen | None = self._start(index)  # warm before the first request
+        worker = self._start(index)  # warm before the first request
         try:
             while True:
                 job = self._jobs.get()
                 if job is _STOP:
                     return
-                body, source, loop, future = job
-                if worker is None or worker.poll() is not None:
-                    worker = self._start(index)
-                try:
-                    outcome: Any = _exchange(worker, body, source)
-                except Exception as exc:  # noqa: BLE001 — the request is answered, not lost
-                    log.error("decode worker %s failed on %s: %s", worker.pid, source, exc)
-                    _stop_worker(worker)
-                    worker = None
-                    outcome = WorkerDied(f"the decoding process failed ({exc})")
-                try:
-                    loop.call_soon_threadsafe(_settle, future, outcome)
-                except RuntimeError:  # the event loop is closed: nobody waits any more
-                    pass
+                if worker.send(*job):
+                    continue
+                worker.close()  # it died since the last request: one fresh try
+                worker = self._start(index)
+                if not worker.send(*job):
+                    _answer(job[2], job[3], WorkerDied("the decoding process would not start"))
         finally:
-            if worker is not None:
-                _stop_worker(worker)
+            worker.close()
 
-    def _start(self, index: int) -> subprocess.Popen:
-        worker = subprocess.Popen(
-            WORKER_COMMAND,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self._workers[index] = worker
+    def _start(self, index: int) -> _Worker:
+        worker = self._workers[index] = _Worker()
         return worker
 
 
-def _stop_worker(worker: subprocess.Popen) -> None:
+class _Worker:
+    """One decoding process, the requests in its pipe and the thread reading its answers."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for pipe in (self.process.stdin, self.process.stdout):
+            _widen(pipe)
+        self._pending: deque[tuple[str, asyncio.AbstractEventLoop, asyncio.Future]] = deque()
+        self._lock = threading.Lock()
+        self._dead = False
+        self._slots = threading.BoundedSemaphore(PIPELINE_DEPTH)
+        self._reader = threading.Thread(
+            target=self._read_answers, name=f"tracelens-decode-answers-{self.process.pid}",
+            daemon=True,
+        )  # fmt: skip
+        self._reader.start()
+
+    def send(self, body: bytes, source: str, loop: Any, future: asyncio.Future) -> bool:
+        """Queue a request to this worker; False (nothing taken) when it has died."""
+        self._slots.acquire()
+        with self._lock:
+            if self._dead or self.process.poll() is not None:
+                self._slots.release()
+                return False
+            self._pending.append((source, loop, future))
+        try:
+            stdin = self.process.stdin
+            _write_frame(stdin, source.encode())  # type: ignore[arg-type]
+            _write_frame(stdin, body)  # type: ignore[arg-type]
+            stdin.flush()  # type: ignore[union-attr]
+        except OSError:
+            self.process.kill()  # the reader sees the pipe close and fails what is pending
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Let the worker answer what it has, then end it (it exits when its input closes)."""
+        try:
+            self.process.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+        self._reader.join(timeout_s)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout_s)
+        self._reader.join(timeout_s)
+        self.process.stdout.close()  # type: ignore[union-attr]
+
+    def _read_answers(self) -> None:
+        stdout = self.process.stdout
+        while True:
+            try:
+                answer = _read_answer(stdout)  # type: ignore[arg-type]
+            except Exception as exc:  # noqa: BLE001 — the pending requests are answered, not lost
+                self._fail_pending(exc)
+                return
+            with self._lock:
+                asked = self._pending.popleft() if self._pending else None
+            if asked is None:  # an answer to nothing: the worker is out of step
+                self.process.kill()
+                self._fail_pending(RuntimeError("the worker answered a request not sent"))
+                return
+            source, loop, future = asked
+            self._slots.release()
+            _answer(loop, future, answer(source))
+
+    def _fail_pending(self, exc: Exception) -> None:
+        with self._lock:
+            self._dead = True
+            failed = list(self._pending)
+            self._pending.clear()
+        if not failed:
+            return  # closed or died idle
+        log.error("decode worker %s failed on %s: %s", self.process.pid, failed[0][0], exc)
+        self.process.kill()
+        for _source, loop, future in failed:
+            self._slots.release()
+            _answer(loop, future, WorkerDied(f"the decoding process failed ({exc})"))
+
+
+def _widen(pipe: IO[bytes] | None) -> None:
+    """A pipe buffer that holds a whole request or answer, so neither side waits on the other."""
+    if pipe is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
     try:
-        worker.stdin.close()  # type: ignore[union-attr]
-        worker.wait(5)
-    except (OSError, subprocess.TimeoutExpired):
-        worker.kill()
-        worker.wait(5)
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        pass  # above /proc/sys/fs/pipe-max-size: the default buffer works, only slower
 
 
-def _exchange(worker: subprocess.Popen, body: bytes, source: str) -> PoolResult | Exception:
-    """One request to the worker and its answer (an exception is returned, not raised)."""
-    _write_frame(worker.stdin, source.encode())  # type: ignore[arg-type]
-    _write_frame(worker.stdin, body)  # type: ignore[arg-type]
-    worker.stdin.flush()  # type: ignore[union-attr]
-    reply = _read_frame(worker.stdout)  # type: ignore[arg-type]
+def _read_answer(stream: IO[bytes]) -> Callable[[str], PoolResult | Exception]:
+    """The worker's next answer, as a function of the request's source (for error messages)."""
+    reply = _read_frame(stream)
     kind, payload = reply[:1], reply[1:]
     if kind == b"O":
         header = orjson.loads(payload)
-        ipc = _read_frame(worker.stdout)  # type: ignore[arg-type]
+        ipc = _read_frame(stream)
         batches = pa.ipc.open_stream(ipc).read_all().to_batches() if ipc else []
         rejected = header["rejected"]
-        return PoolResult(batches, header["spans"] - len(rejected), rejected)
+        result = PoolResult(batches, header["spans"] - len(rejected), rejected)
+        return lambda source: result
     if kind == b"E":
         error = orjson.loads(payload)
-        return InputFormatError(source, error["problem"], error["where"])
-    return RuntimeError(f"decoding {source} failed in the worker: {payload.decode()}")
+        return lambda source: InputFormatError(source, error["problem"], error["where"])
+    return lambda source: RuntimeError(
+        f"decoding {source} failed in the worker: {payload.decode()}"
+    )
+
+
+def _answer(loop: Any, future: asyncio.Future, outcome: PoolResult | Exception) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, future, outcome)
+    except RuntimeError:  # the event loop is closed: nobody waits any more
+        pass
 
 
 def _settle(future: asyncio.Future, outcome: PoolResult | Exception) -> None:
