@@ -114,6 +114,26 @@ def test_requests_in_flight_together_get_their_own_answers(pool: DecodePool) -> 
         assert (result.accepted, services) == (5 + i, {f"svc-{i}"})
 
 
+def test_close_answers_the_requests_already_in_a_workers_pipe() -> None:
+    """Shutdown drains: requests sent to the worker before close are decoded, not failed."""
+    from tracelens.receiver.pool import PIPELINE_DEPTH
+
+    pool = DecodePool(1)
+    body = export_request(sdk_spans(200)).SerializeToString()
+
+    async def close_while_decoding() -> list:
+        calls = [
+            asyncio.ensure_future(pool.decode(body, f"req-{i}")) for i in range(PIPELINE_DEPTH)
+        ]
+        await asyncio.sleep(0)  # the jobs are queued; close() lets the dispatcher send them first
+        await asyncio.get_running_loop().run_in_executor(None, pool.close)
+        return await asyncio.wait_for(asyncio.gather(*calls), 30)
+
+    results = asyncio.run(close_while_decoding())
+    assert [r.accepted for r in results] == [200] * PIPELINE_DEPTH
+    assert pool.worker_pids() == []
+
+
 def test_a_worker_dying_with_requests_in_its_pipe_fails_them_all_then_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
