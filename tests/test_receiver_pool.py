@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 import pytest
@@ -77,23 +78,33 @@ def test_a_worker_that_died_idle_is_replaced_before_the_next_request() -> None:
     assert pool.worker_pids() == []
 
 
-def test_a_worker_dying_on_a_request_fails_only_that_request(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@contextmanager
+def _pool_of_failing_workers(
+    monkeypatch: pytest.MonkeyPatch, code: str
+) -> Iterator[tuple[DecodePool, Callable[[], None]]]:
+    """A pool whose workers run ``code`` instead of decoding, and a function that makes the
+    workers started after it real ones again."""
     from tracelens.receiver import pool as pool_module
 
     real = list(pool_module.WORKER_COMMAND)
-    crashing = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(8); sys.exit(3)"]
-    monkeypatch.setattr(pool_module, "WORKER_COMMAND", crashing)
+    monkeypatch.setattr(pool_module, "WORKER_COMMAND", [sys.executable, "-c", code])
     pool = DecodePool(1)
     try:
+        yield pool, lambda: monkeypatch.setattr(pool_module, "WORKER_COMMAND", real)
+    finally:
+        pool.close()
+
+
+def test_a_worker_dying_on_a_request_fails_only_that_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    crashing = "import sys; sys.stdin.buffer.read(8); sys.exit(3)"
+    with _pool_of_failing_workers(monkeypatch, crashing) as (pool, make_real):
         body = export_request(sdk_spans(5)).SerializeToString()
         with pytest.raises(WorkerDied):
             _decode(pool, body)
-        monkeypatch.setattr(pool_module, "WORKER_COMMAND", real)
+        make_real()
         assert _decode(pool, body).accepted == 5  # type: ignore[attr-defined]
-    finally:
-        pool.close()
 
 
 def test_requests_in_flight_together_get_their_own_answers(pool: DecodePool) -> None:
@@ -137,27 +148,21 @@ def test_close_answers_the_requests_already_in_a_workers_pipe() -> None:
 def test_a_worker_dying_with_requests_in_its_pipe_fails_them_all_then_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The worker reads every request it is sent, answers none and exits: every request
-    waiting on it fails with WorkerDied (none hangs), and the next one gets a fresh worker."""
-    from tracelens.receiver import pool as pool_module
+    """The worker answers none of the requests sent to it and exits: every request waiting on
+    it fails with WorkerDied (none hangs), and the next one gets a fresh worker."""
+    from tracelens.receiver.pool import PIPELINE_DEPTH
 
-    real = list(pool_module.WORKER_COMMAND)
-    silent = [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"]
-    monkeypatch.setattr(pool_module, "WORKER_COMMAND", silent)
-    pool = DecodePool(1)
-    try:
+    silent = "import sys, time; time.sleep(0.5); sys.exit(3)"
+    with _pool_of_failing_workers(monkeypatch, silent) as (pool, make_real):
         body = export_request(sdk_spans(5)).SerializeToString()
 
         async def several() -> list:
-            calls = (pool.decode(body, f"req-{i}") for i in range(pool_module.PIPELINE_DEPTH))
+            calls = (pool.decode(body, f"req-{i}") for i in range(PIPELINE_DEPTH))
             return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 20)
 
-        outcomes = asyncio.run(several())
-        assert [type(o) for o in outcomes] == [WorkerDied] * pool_module.PIPELINE_DEPTH
-        monkeypatch.setattr(pool_module, "WORKER_COMMAND", real)
+        assert [type(o) for o in asyncio.run(several())] == [WorkerDied] * PIPELINE_DEPTH
+        make_real()
         assert _decode(pool, body).accepted == 5  # type: ignore[attr-defined]
-    finally:
-        pool.close()
 
 
 def test_grpc_answers_through_a_worker() -> None:
