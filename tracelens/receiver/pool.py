@@ -8,9 +8,10 @@ tracelens.receiver.pool`` children; the server forwards the bytes and gets Arrow
 
 Frames on the pipes are a 4-byte big-endian length and a payload. Request: source (UTF-8),
 then body. Reply: ``O`` + JSON {spans, rejected} then the Arrow IPC stream; or ``E`` + JSON
-{problem, where} for an undecodable request; or ``B`` + a message for a bug. A worker that
-dies fails its request (internal error, logged) and is started again; a worker whose server
-died sees its stdin close and exits.
+{problem, where} for an undecodable request; or ``B`` + a message for a bug. Replies come in
+the order of the requests, up to ``PIPELINE_DEPTH`` of which are in a worker's pipe. A worker
+that dies fails the requests it holds (internal error, logged) and is started again for the
+next one; a worker whose server died sees its stdin close and exits.
 """
 
 from __future__ import annotations
