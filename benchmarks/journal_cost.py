@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -36,18 +35,13 @@ from tracelens.store import Store  # noqa: E402
 DIRECT_GROUP = 10  # 1k-span batches per direct commit
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run(batches: list, mode: str, directory: str) -> dict:
     import pyarrow as pa
 
     path = os.path.join(directory, f"{mode}.duckdb")
     store = Store(path)
     tune_store(store)
-    started, cpu0 = time.perf_counter(), _cpu()
+    started, cpu0 = time.perf_counter(), time.process_time()
     if mode == "direct":
         for at in range(0, len(batches), DIRECT_GROUP):
             store.write([pa.concat_batches(batches[at : at + DIRECT_GROUP])])
@@ -56,7 +50,7 @@ def run(batches: list, mode: str, directory: str) -> dict:
         for batch in batches:
             journaled.write([batch])
         assert journaled.close()
-    wall, cpu = time.perf_counter() - started, _cpu() - cpu0
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
     rows = store.count_spans()
     store.close()
     for name in os.listdir(directory):

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from tracelens.store import Store
 
 ROTATE_BYTES = 64 << 20  # compressed IPC per journal file before the next one starts
-REPLAY_ROWS = 131_072  # rows per store write while replaying
 _SUFFIX = ".duckdb"
 _NEW = ".new"  # a file being created: never acknowledged anything, safe to delete
 _DDL = (
@@ -229,7 +228,7 @@ def recover(store: Store) -> int:
     """
     offered = 0
     for path in pending_files(store.path):
-        stats = store.write(_chunks(_entries(path)))
+        stats = store.write(_entries(path))  # it gathers them into large inserts itself
         offered += stats.received
         _remove(path)
     directory = journal_dir(store.path)
@@ -238,19 +237,3 @@ def recover(store: Store) -> int:
         with contextlib.suppress(OSError):
             directory.rmdir()  # only when empty
     return offered
-
-
-def _chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Batches regrouped into ≈ ``REPLAY_ROWS``-row batches: fewer, larger inserts."""
-    import pyarrow as pa
-
-    held: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in batches:
-        held.append(batch)
-        rows += batch.num_rows
-        if rows >= REPLAY_ROWS:
-            yield pa.concat_batches(held)
-            held, rows = [], 0
-    if held:
-        yield pa.concat_batches(held)
